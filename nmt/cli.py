@@ -1,0 +1,227 @@
+"""`nmt`: the command line, a thin layer over the library.
+
+Each subcommand parses its options, calls one library function and prints the result. A user's mistake
+(`NMTError`) becomes exit code 2 and a single line on stderr; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from nmt.errors import NMTError
+
+log = logging.getLogger("nmt")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with 2 and one line (its default prints the usage too)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from nmt.config import load_config, save_config
+    from nmt.data.prepare import prepare
+
+    cfg = load_config(args.config, args.overrides)
+    Path(cfg.exp_dir).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, Path(cfg.exp_dir) / "config.yaml")
+    data = prepare(cfg)
+    print(f"train pairs: {len(data.train)}  valid pairs: {len(data.valid)}  "
+          f"vocab: {len(data.src_model)}/{len(data.tgt_model)}")
+    print(f"padding efficiency at max_tokens={cfg.train.max_tokens}: {data.efficiency:.3f}")
+    print(f"prepared in {data.seconds:.2f}s ({cfg.exp_dir})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nmt.config import load_config
+    from nmt.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    return train(cfg, resume=args.resume, run_tests=not args.no_test)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from nmt.config import load_config
+    from nmt.train import evaluate_tests
+
+    cfg = load_config(args.config, args.overrides)
+    results = evaluate_tests(cfg, args.checkpoint)
+    print(json.dumps(results))
+    return 0
+
+
+def cmd_average(args: argparse.Namespace) -> int:
+    from nmt.checkpoint import average_checkpoints, save_atomic
+
+    save_atomic(average_checkpoints(args.inputs), args.output)
+    print(f"averaged {len(args.inputs)} checkpoints into {args.output}")
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from nmt.translate import translate_file
+
+    translate_file(
+        checkpoints=args.checkpoint,
+        input_path=args.input,
+        output_path=args.output,
+        beam=args.beam,
+        nbest=args.nbest,
+        alpha=args.alpha,
+        max_len_a=args.max_len_a,
+        max_len_b=args.max_len_b,
+        device=args.device,
+        dtype=args.dtype,
+        batch_tokens=args.batch_tokens,
+        alignments_path=args.alignments,
+        sampling_temperature=args.temperature,
+        sampling_topk=args.topk,
+        seed=args.seed,
+        quiet=args.quiet,
+    )
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from nmt.evaluate import format_scores, score_files
+
+    scores = score_files(args.ref, args.input)
+    print(json.dumps(scores) if args.json else format_scores(scores))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from nmt.plot import plot_learning_curves
+
+    out = plot_learning_curves(args.exp, args.output)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_plot_attention(args: argparse.Namespace) -> int:
+    from nmt.plot import plot_attention
+
+    out = plot_attention(args.alignments, args.index, args.output)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nmt", description="Recurrent neural machine translation: prepare data, train, "
+                     "translate and score.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    overrides_help = "config overrides as section.key=value, e.g. train.lr=0.002 model.cell=lstm"
+
+    p = sub.add_parser("prepare", help="train SentencePiece and encode the corpus into the experiment cache",
+                       description="Train the SentencePiece model(s) on the training split and encode every split "
+                       "into integer arrays cached in EXP/cache; a second run reuses both.")
+    p.add_argument("config", help="experiment YAML config")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a model (runs prepare first when needed)",
+                       description="Train a model into the experiment folder: checkpoints/, metrics.jsonl, "
+                       "final.pt and results.json. SIGINT/SIGTERM save a checkpoint before exiting.")
+    p.add_argument("config", help="experiment YAML config")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in EXP")
+    p.add_argument("--no-test", action="store_true", help="do not translate the test sets after training")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("test", help="translate and score the config's test sets into EXP/results.json",
+                       description="Translate every test set of the config with a checkpoint (EXP/final.pt by "
+                       "default), write the translations to EXP/test/ and the scores to EXP/results.json.")
+    p.add_argument("config", help="experiment YAML config")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("-c", "--checkpoint", default=None, help="checkpoint to use (default: EXP/final.pt)")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("average", help="average the parameters of several checkpoints",
+                       description="Average model parameters of checkpoints of one run into a new checkpoint.")
+    p.add_argument("inputs", nargs="+", help="checkpoints to average")
+    p.add_argument("-o", "--output", required=True, help="where to write the averaged checkpoint")
+    p.set_defaults(func=cmd_average)
+
+    p = sub.add_parser("translate", help="translate a file (or stdin) with one or more checkpoints",
+                       description="Translate line by line: output line N always translates input line N. "
+                       "Several -c checkpoints decode as an ensemble.")
+    p.add_argument("-c", "--checkpoint", action="append", required=True,
+                   help="checkpoint file; repeat for an ensemble")
+    p.add_argument("-i", "--input", default=None, help="input file (default: stdin)")
+    p.add_argument("-o", "--output", default=None, help="output file (default: stdout)")
+    p.add_argument("--beam", type=int, default=None, help="beam size; 1 is greedy (default: the checkpoint's)")
+    p.add_argument("--nbest", type=int, default=1, help="write N hypotheses per line as 'index ||| text ||| score'")
+    p.add_argument("--alpha", type=float, default=None, help="length normalisation strength (default: config)")
+    p.add_argument("--max-len-a", type=float, default=None, help="max output length = a * source length + b")
+    p.add_argument("--max-len-b", type=int, default=None, help="see --max-len-a")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="compute dtype; auto picks bf16 only where the hardware does it fast")
+    p.add_argument("--batch-tokens", type=int, default=None, help="source tokens per batch (default: config)")
+    p.add_argument("--alignments", default=None, help="write each sentence's attention matrix to this JSONL file")
+    p.add_argument("--temperature", type=float, default=None, help="sample instead of searching, at this temperature")
+    p.add_argument("--topk", type=int, default=0, help="with --temperature: sample from the k most likely tokens")
+    p.add_argument("--seed", type=int, default=1, help="random seed for sampling")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or speed line")
+    p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("score", help="BLEU, chrF and TER of a hypothesis file against a reference (sacrebleu)",
+                       description="Score detokenised hypotheses against references with sacrebleu.")
+    p.add_argument("-r", "--ref", required=True, help="reference file")
+    p.add_argument("-i", "--input", required=True, help="hypothesis file")
+    p.add_argument("--json", action="store_true", help="print one JSON object (bleu, chrf, ter, signature)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("plot", help="draw an experiment's learning curves to PNG",
+                       description="Read EXP/metrics.jsonl and draw train/dev loss, dev BLEU and tokens/s.")
+    p.add_argument("exp", help="experiment folder")
+    p.add_argument("-o", "--output", default=None, help="PNG path (default: EXP/learning_curves.png)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("plot-attention", help="draw one sentence's attention matrix as a heatmap PNG",
+                       description="Draw the attention of sentence INDEX from a file written by "
+                       "`nmt translate --alignments`.")
+    p.add_argument("alignments", help="file written by nmt translate --alignments")
+    p.add_argument("--index", type=int, default=0, help="0-based sentence index (default: 0)")
+    p.add_argument("-o", "--output", required=True, help="PNG path")
+    p.set_defaults(func=cmd_plot_attention)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except NMTError as err:
+        print(f"nmt {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nmt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The whole translation model: embeddings, encoder, decoder and the vocabulary projection."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nmt.config import ModelConfig
+from nmt.data.subword import PAD
+from nmt.errors import NMTError
+from nmt.model.attention import build_attention
+from nmt.model.decoder import Decoder, DecoderState
+from nmt.model.encoder import Encoder, EncoderOutput
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int, joint_vocab: bool):
+        super().__init__()
+        if cfg.tie_embeddings == "all" and not joint_vocab:
+            raise NMTError("config key model.tie_embeddings: 'all' needs a joint vocabulary (data.subword.joint)")
+        self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
+        tgt_embedding = nn.Embedding(tgt_vocab, cfg.emb_dim, padding_idx=PAD)
+        src_embedding = tgt_embedding if cfg.tie_embeddings == "all" else nn.Embedding(
+            src_vocab, cfg.emb_dim, padding_idx=PAD)
+        self.encoder = Encoder(src_embedding, cfg.enc_hidden, cfg.enc_layers, cfg.dropout, cfg.emb_dropout)
+        attention = build_attention(cfg.attention, cfg.dec_hidden, self.encoder.output_size, cfg.attention_dim)
+        self.decoder = Decoder(tgt_embedding, cfg.cell, cfg.dec_hidden, cfg.dec_layers, self.encoder.output_size,
+                               attention, cfg.input_feeding, cfg.bridge, cfg.dropout, cfg.emb_dropout)
+        tied = cfg.tie_embeddings != "none"
+        # Tying needs the output layer's input to have the embedding size; project down when it does not.
+        needs_proj = tied and self.decoder.output_size != cfg.emb_dim
+        self.pre_output = nn.Linear(self.decoder.output_size, cfg.emb_dim) if needs_proj else None
+        self.output = nn.Linear(cfg.emb_dim if tied else self.decoder.output_size, tgt_vocab)
+        if tied:
+            self.output.weight = tgt_embedding.weight
+        self._init_parameters()
+
+    def _init_parameters(self) -> None:
+        for name, param in self.named_parameters():
+            if "embedding" in name:
+                nn.init.normal_(param, std=param.size(-1) ** -0.5)
+                with torch.no_grad():
+                    param[PAD].zero_()
+            elif param.dim() > 1:
+                nn.init.xavier_uniform_(param)
+            else:
+                nn.init.zeros_(param)
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[EncoderOutput, torch.Tensor | None]:
+        """Encoder states and the attention keys projected once for the whole decode."""
+        enc = self.encoder(src, src_lengths)
+        keys = self.decoder.attention.prepare(enc.states) if self.decoder.attention is not None else None
+        return enc, keys
+
+    def logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """(..., output_size) -> (..., tgt_vocab)."""
+        if self.pre_output is not None:
+            outputs = self.pre_output(outputs)
+        return self.output(outputs)
+
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor,
+                tf_ratio: float = 1.0) -> torch.Tensor:
+        """Teacher-forced (or scheduled-sampling) decode: (batch, tgt_len) inputs -> (batch, tgt_len, vocab)."""
+        enc, keys = self.encode(src, src_lengths)
+        state = self.decoder.init_state(enc)
+        steps = tgt_in.size(1)
+        if tf_ratio >= 1.0:
+            outputs = []
+            for t in range(steps):
+                out, state, _ = self.decoder.step(tgt_in[:, t], state, enc, keys)
+                outputs.append(out)
+            # One large vocabulary projection over all steps: most of the model's FLOPs.
+            return self.logits(torch.stack(outputs, dim=1))
+        logits = []
+        prev = tgt_in[:, 0]
+        for t in range(steps):
+            out, state, _ = self.decoder.step(prev, state, enc, keys)
+            step_logits = self.logits(out)  # (batch, vocab)
+            logits.append(step_logits)
+            if t + 1 < steps:
+                gold = tgt_in[:, t + 1]
+                use_gold = torch.rand(gold.shape, device=gold.device) < tf_ratio
+                prev = torch.where(use_gold, gold, step_logits.argmax(-1))
+        return torch.stack(logits, dim=1)
+
+    def step(self, prev: torch.Tensor, state: DecoderState, enc: EncoderOutput, keys: torch.Tensor | None
+             ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
+        """One search step: (batch,) previous tokens -> (batch, vocab) log-probabilities, state, attention."""
+        out, state, weights = self.decoder.step(prev, state, enc, keys)
+        return torch.log_softmax(self.logits(out).float(), dim=-1), state, weights
+
+
+def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, joint_vocab: bool) -> Seq2Seq:
+    return Seq2Seq(cfg, src_vocab, tgt_vocab, joint_vocab)
