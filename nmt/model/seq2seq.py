@@ -59,8 +59,12 @@ class Seq2Seq(nn.Module):
         return self.output(outputs)
 
     def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor,
-                tf_ratio: float = 1.0) -> torch.Tensor:
-        """Teacher-forced (or scheduled-sampling) decode: (batch, tgt_len) inputs -> (batch, tgt_len, vocab)."""
+                tf_ratio: float = 1.0, select: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced (or scheduled-sampling) decode: (batch, tgt_len) inputs -> (batch, tgt_len, vocab).
+
+        With `select` (a (batch, tgt_len) bool mask, True on real target tokens) only those positions are
+        projected onto the vocabulary, giving (n_selected, vocab): padding costs no projection FLOPs.
+        """
         enc, keys = self.encode(src, src_lengths)
         state = self.decoder.init_state(enc)
         steps = tgt_in.size(1)
@@ -69,8 +73,9 @@ class Seq2Seq(nn.Module):
             for t in range(steps):
                 out, state, _ = self.decoder.step(tgt_in[:, t], state, enc, keys)
                 outputs.append(out)
+            stacked = torch.stack(outputs, dim=1)  # (batch, tgt_len, output_size)
             # One large vocabulary projection over all steps: most of the model's FLOPs.
-            return self.logits(torch.stack(outputs, dim=1))
+            return self.logits(stacked[select] if select is not None else stacked)
         logits = []
         prev = tgt_in[:, 0]
         for t in range(steps):
@@ -81,7 +86,8 @@ class Seq2Seq(nn.Module):
                 gold = tgt_in[:, t + 1]
                 use_gold = torch.rand(gold.shape, device=gold.device) < tf_ratio
                 prev = torch.where(use_gold, gold, step_logits.argmax(-1))
-        return torch.stack(logits, dim=1)
+        stacked_logits = torch.stack(logits, dim=1)
+        return stacked_logits[select] if select is not None else stacked_logits
 
     def step(self, prev: torch.Tensor, state: DecoderState, enc: EncoderOutput, keys: torch.Tensor | None
              ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
