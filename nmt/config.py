@@ -146,6 +146,7 @@ class Config:
 
 
 _ENV_VAR = re.compile(r"\$\{?(\w+)\}?")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def expand_path(path: str, key: str = "path") -> str:
@@ -222,6 +223,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads `1e-3` (no dot) as a string
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -269,15 +272,17 @@ def apply_override(raw: dict, override: str) -> None:
     cls: Any = Config
     for i, part in enumerate(parts[:-1]):
         prefix = ".".join(parts[:i])
-        if dataclasses.is_dataclass(cls):
+        if typing.get_origin(cls) is dict:
+            cls = typing.get_args(cls)[1]  # `part` is a free key (e.g. a test set's name)
+        elif dataclasses.is_dataclass(cls):
             if part not in {f.name for f in dataclasses.fields(cls)}:
                 raise _unknown_key(cls, part, prefix)
             cls = typing.get_type_hints(cls)[part]
-            if typing.get_origin(cls) is dict:
-                cls = typing.get_args(cls)[1]
         else:
             cls = None
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an empty YAML section (`test:`)
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise NMTError(f"override {override!r}: {'.'.join(parts[: i + 1])} is not a section")
     node[parts[-1]] = value

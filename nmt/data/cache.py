@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import logging
 import os
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +74,9 @@ class EncodedCorpus:
     @classmethod
     def load(cls, path: Path) -> "EncodedCorpus":
         try:
-            with np.load(path) as arrays:
+            with open(path, "rb") as f, np.load(f) as arrays:  # np.load(path) leaks the file on a bad zip
                 return cls(**{name: arrays[name] for name in arrays.files})
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
             raise NMTError(f"{path}: damaged cache file ({err}); delete it and run `nmt prepare` again") from None
 
 
@@ -106,7 +107,8 @@ def encode_pairs(
     clean: tuple[int, float, bool] | None = None,
 ) -> tuple[EncodedCorpus, CleaningReport]:
     """Encode a stream of pairs in chunks; `clean` = (max_len, max_ratio, drop_empty) drops pairs by subword length."""
-    dtype = np.uint16 if max(len(src_model), len(tgt_model)) <= np.iinfo(np.uint16).max else np.int32
+    # ids run from 0 to len - 1, so a 65536-piece vocabulary still fits uint16
+    dtype = np.uint16 if max(len(src_model), len(tgt_model)) - 1 <= np.iinfo(np.uint16).max else np.int32
     src_tok, tgt_tok = _Growing(dtype), _Growing(dtype)
     src_len, tgt_len, lines = _Growing(np.int64), _Growing(np.int64), _Growing(np.int64)
     report = CleaningReport()

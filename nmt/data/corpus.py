@@ -10,6 +10,7 @@ import gzip
 import io
 import itertools
 import logging
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,8 @@ def open_binary(path: str | Path) -> io.BufferedIOBase:
         raise NMTError(f"{path}: is a directory, expected a file")
     raw = open(path, "rb")
     if raw.peek(2)[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        raw.close()  # a GzipFile does not close a file object it was given, so let it open its own
+        return gzip.open(path, "rb")  # type: ignore[return-value]
     return raw
 
 
@@ -53,7 +55,7 @@ def read_lines(path: str | Path) -> Iterator[str]:
                     raise NMTError(
                         f"{path} line {line_no}: invalid UTF-8 at byte {err.start} ({err.reason})"
                     ) from None
-        except (OSError, EOFError, gzip.BadGzipFile) as err:
+        except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
             raise NMTError(f"{path} line {line_no + 1}: cannot read ({err})") from None
 
 
@@ -91,6 +93,7 @@ def _tsv_pairs(path: str, src_column: int, tgt_column: int) -> Iterator[tuple[st
 
 def _hf_pairs(spec: SplitSpec, src_lang: str, tgt_lang: str) -> Iterator[tuple[str, str]]:
     import datasets  # imported here: it is slow to import and most commands never need it
+    from datasets.exceptions import DatasetsError
 
     files = [expand_path(f, "hf_files") for f in spec.hf_files] if spec.hf_files else None
     for f in files or []:
@@ -101,10 +104,15 @@ def _hf_pairs(spec: SplitSpec, src_lang: str, tgt_lang: str) -> Iterator[tuple[s
             ds = datasets.load_dataset(spec.hf, data_files=files, split="train")
         else:
             ds = datasets.load_dataset(spec.hf, spec.hf_config, split=spec.hf_split)
-    except (ConnectionError, OSError, ValueError, FileNotFoundError) as err:
+    except (ConnectionError, OSError, ValueError, DatasetsError) as err:
+        # DatasetGenerationError (a malformed local file) says only "an error occurred"; its cause says what.
+        cause = err.__cause__ if isinstance(err, DatasetsError) and err.__cause__ else err
+        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        if files:
+            raise NMTError(f"cannot load {spec.hf} files {', '.join(files)}: {reason}") from None
         where = f"{spec.hf}" + (f" ({spec.hf_config})" if spec.hf_config else "")
         raise NMTError(
-            f"cannot load dataset {where}: {str(err).splitlines()[0] if str(err) else type(err).__name__}; "
+            f"cannot load dataset {where}: {reason}; "
             "without network access, download it elsewhere and point hf_files at local parquet/jsonl/csv files, "
             "or use src/tgt text files"
         ) from None

@@ -60,11 +60,20 @@ class Subword:
 def train_subword(sentences: Iterable[str], cfg: SubwordConfig) -> bytes:
     """Train a SentencePiece model on `sentences`, returning its serialized bytes."""
     model = io.BytesIO()
+    reader_error: list[BaseException] = []
+    n_sentences = 0
 
     def nonempty() -> Iterator[str]:
-        for s in sentences:
-            if s.strip():
-                yield s
+        # SentencePiece turns an exception raised here into its own RuntimeError; keep the original instead.
+        nonlocal n_sentences
+        try:
+            for s in sentences:
+                if s.strip():
+                    n_sentences += 1
+                    yield s
+        except Exception as err:
+            reader_error.append(err)
+            raise
 
     try:
         spm.SentencePieceTrainer.train(
@@ -85,5 +94,9 @@ def train_subword(sentences: Iterable[str], cfg: SubwordConfig) -> bytes:
             minloglevel=2,
         )
     except RuntimeError as err:
+        if reader_error:
+            raise reader_error[0] from None
+        if n_sentences == 0:
+            raise NMTError("cannot train SentencePiece: the training data has no non-empty sentence") from None
         raise NMTError(f"SentencePiece training failed: {str(err).splitlines()[0]}") from None
     return model.getvalue()
