@@ -3,14 +3,22 @@
 Each step: the previous target embedding (concatenated with the previous attentional vector when input feeding)
 goes through the RNN; the top layer's output attends over the encoder states; `tanh(W [h; context])` is the
 attentional vector, which is both this step's output and the next step's fed input.
+
+The recurrence is written out with `F.linear` on the weights of an `nn.GRU`/`nn.LSTM` (kept as the parameter
+container, so checkpoints use torch's names and initialisation) instead of calling the module once per step.
+That allows three things a per-step module call cannot do: the embedding half of the first layer's input
+projection runs once for all steps as one large product; under autocast the weights are cast to the compute
+dtype once per batch rather than once per step; and the gate arithmetic stays in fp32 while the products run
+in bf16, so the recurrent state does not accumulate bf16 rounding.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from nmt.model.attention import Attention
 from nmt.model.encoder import EncoderOutput
@@ -26,6 +34,24 @@ class DecoderState:
     def index_select(self, index: torch.Tensor) -> "DecoderState":
         pick = lambda t, dim: None if t is None else t.index_select(dim, index)  # noqa: E731
         return DecoderState(pick(self.hidden, 1), pick(self.cell, 1), pick(self.feed, 0), pick(self.coverage, 0))
+
+
+@dataclass
+class StepWeights:
+    """The recurrent weights in the compute dtype, prepared once per batch (see the module docstring)."""
+
+    emb_in: torch.Tensor  # (gates * hidden, emb): layer 0's input weights for the embedding part
+    feed_in: torch.Tensor | None  # (gates * hidden, output_size): layer 0's input weights for the fed vector
+    bias_in: list[torch.Tensor]  # per layer (gates * hidden,)
+    upper_in: list[torch.Tensor]  # layers 1..: (gates * hidden, hidden)
+    hidden_in: list[torch.Tensor]  # per layer (gates * hidden, hidden)
+    bias_hidden: list[torch.Tensor]
+
+
+def _compute_dtype(device: torch.device) -> torch.dtype | None:
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
 
 
 class Decoder(nn.Module):
@@ -52,8 +78,9 @@ class Decoder(nn.Module):
         self.output_size = hidden
         rnn_input = embedding.embedding_dim + (self.output_size if self.input_feeding else 0)
         rnn_class = nn.GRU if cell == "gru" else nn.LSTM
-        self.rnn = rnn_class(rnn_input, hidden, num_layers=layers, batch_first=True,
-                             dropout=dropout if layers > 1 else 0.0)
+        # A parameter container: its forward is never called (see the module docstring).
+        self.rnn = rnn_class(rnn_input, hidden, num_layers=layers, batch_first=True)
+        self.layer_dropout = nn.Dropout(dropout)
         self.attentional = nn.Linear(hidden + encoder_size, hidden) if attention is not None else None
         self.bridge_kind = bridge
         self.bridge = nn.Linear(encoder_size, layers * hidden) if bridge != "zero" else None
@@ -72,29 +99,88 @@ class Decoder(nn.Module):
                 summary = (enc.states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
             hidden = torch.tanh(self.bridge(summary))  # (batch, layers * hidden)
             hidden = hidden.view(batch, self.layers, self.hidden_size).transpose(0, 1).contiguous()
+        hidden = hidden.float()
         cell = hidden.clone() if self.cell_type == "lstm" else None
         feed = enc.states.new_zeros(batch, self.output_size) if self.input_feeding else None
         return DecoderState(hidden, cell, feed)
 
-    def step(
-        self, prev: torch.Tensor, state: DecoderState, enc: EncoderOutput, keys: torch.Tensor | None
+    def step_weights(self, device: torch.device) -> StepWeights:
+        dtype = _compute_dtype(device)
+        cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)  # noqa: E731
+        emb = self.embedding.embedding_dim
+        w0 = self.rnn.weight_ih_l0
+        return StepWeights(
+            emb_in=cast(w0[:, :emb]),
+            feed_in=cast(w0[:, emb:]) if self.input_feeding else None,
+            bias_in=[getattr(self.rnn, f"bias_ih_l{k}") for k in range(self.layers)],
+            upper_in=[cast(getattr(self.rnn, f"weight_ih_l{k}")) for k in range(1, self.layers)],
+            hidden_in=[cast(getattr(self.rnn, f"weight_hh_l{k}")) for k in range(self.layers)],
+            bias_hidden=[getattr(self.rnn, f"bias_hh_l{k}") for k in range(self.layers)],
+        )
+
+    def embed(self, tokens: torch.Tensor, weights: StepWeights) -> torch.Tensor:
+        """(...) token ids -> (..., gates * hidden): layer 0's input projection of their embeddings.
+
+        For teacher forcing this runs once over (batch, tgt_len): one embedding lookup (and one embedding
+        backward, instead of a dense vocabulary-sized gradient per step) and one large product.
+        """
+        embedded = self.emb_dropout(self.embedding(tokens))
+        return F.linear(embedded, weights.emb_in, weights.bias_in[0])
+
+    def _cell(self, gates_in: torch.Tensor, gates_hidden: torch.Tensor, hidden: torch.Tensor,
+              cell: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The GRU/LSTM update of torch.nn.GRU/LSTM, in fp32. gates_*: (batch, gates * hidden)."""
+        gates_in, gates_hidden = gates_in.float(), gates_hidden.float()
+        if self.cell_type == "gru":
+            in_r, in_z, in_n = gates_in.chunk(3, dim=-1)
+            hid_r, hid_z, hid_n = gates_hidden.chunk(3, dim=-1)
+            reset = torch.sigmoid(in_r + hid_r)
+            update = torch.sigmoid(in_z + hid_z)
+            candidate = torch.tanh(in_n + reset * hid_n)
+            return candidate + update * (hidden - candidate), None
+        i, f, g, o = (gates_in + gates_hidden).chunk(4, dim=-1)
+        cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(cell), cell
+
+    def step_from_input(
+        self, gates_in: torch.Tensor, state: DecoderState, enc: EncoderOutput, keys: torch.Tensor | None,
+        weights: StepWeights,
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
-        """prev: (batch,) previous tokens -> output (batch, output_size), new state, attention (batch, src_len)."""
-        x = self.emb_dropout(self.embedding(prev))  # (batch, emb)
+        """One step given layer 0's projected input (batch, gates * hidden) from `embed`."""
         if self.input_feeding:
-            x = torch.cat([x, state.feed], dim=-1)
-        if self.cell_type == "lstm":
-            out, (hidden, cell) = self.rnn(x.unsqueeze(1), (state.hidden, state.cell))
-        else:
-            out, hidden = self.rnn(x.unsqueeze(1), state.hidden)
-            cell = None
-        top = out[:, 0]  # (batch, hidden)
-        weights = None
+            gates_in = gates_in + F.linear(state.feed, weights.feed_in)
+        hiddens, cells = [], []
+        x = None
+        for k in range(self.layers):
+            if k > 0:
+                gates_in = F.linear(self.layer_dropout(x), weights.upper_in[k - 1], weights.bias_in[k])
+            gates_hidden = F.linear(state.hidden[k], weights.hidden_in[k], weights.bias_hidden[k])
+            x, c = self._cell(gates_in, gates_hidden, state.hidden[k], state.cell[k] if state.cell is not None
+                              else None)
+            hiddens.append(x)
+            cells.append(c)
+        top = x  # (batch, hidden) fp32
+        attn_weights = None
         if self.attention is not None:
-            context, weights = self.attention(top, enc.states, keys, enc.mask)
-            top = torch.tanh(self.attentional(torch.cat([top, context], dim=-1)))
+            context, attn_weights = self.attention(top, enc.states, keys, enc.mask)
+            top = torch.tanh(self.attentional(torch.cat([top, context.to(top.dtype)], dim=-1)))
         output = self.out_dropout(top)
         coverage = state.coverage
-        if coverage is not None and weights is not None:
-            coverage = coverage + weights
-        return output, DecoderState(hidden, cell, output if self.input_feeding else None, coverage), weights
+        if coverage is not None and attn_weights is not None:
+            coverage = coverage + attn_weights
+        new_state = DecoderState(
+            torch.stack(hiddens), torch.stack(cells) if self.cell_type == "lstm" else None,
+            output if self.input_feeding else None, coverage)
+        return output, new_state, attn_weights
+
+    def step(
+        self, prev: torch.Tensor, state: DecoderState, enc: EncoderOutput, keys: torch.Tensor | None,
+        weights: StepWeights | None = None,
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
+        """prev: (batch,) previous tokens -> output (batch, output_size), new state, attention (batch, src_len).
+
+        Pass `weights` (from `step_weights`) when calling step after step, to prepare them only once.
+        """
+        if weights is None:
+            weights = self.step_weights(prev.device)
+        return self.step_from_input(self.embed(prev, weights), state, enc, keys, weights)

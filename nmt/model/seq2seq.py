@@ -9,7 +9,7 @@ from nmt.config import ModelConfig
 from nmt.data.subword import PAD
 from nmt.errors import NMTError
 from nmt.model.attention import build_attention
-from nmt.model.decoder import Decoder, DecoderState
+from nmt.model.decoder import Decoder, DecoderState, StepWeights
 from nmt.model.encoder import Encoder, EncoderOutput
 
 
@@ -67,11 +67,13 @@ class Seq2Seq(nn.Module):
         """
         enc, keys = self.encode(src, src_lengths)
         state = self.decoder.init_state(enc)
+        weights = self.decoder.step_weights(src.device)
         steps = tgt_in.size(1)
         if tf_ratio >= 1.0:
+            gates_in = self.decoder.embed(tgt_in, weights)  # (batch, tgt_len, gates * hidden)
             outputs = []
             for t in range(steps):
-                out, state, _ = self.decoder.step(tgt_in[:, t], state, enc, keys)
+                out, state, _ = self.decoder.step_from_input(gates_in[:, t], state, enc, keys, weights)
                 outputs.append(out)
             stacked = torch.stack(outputs, dim=1)  # (batch, tgt_len, output_size)
             # One large vocabulary projection over all steps: most of the model's FLOPs.
@@ -79,7 +81,7 @@ class Seq2Seq(nn.Module):
         logits = []
         prev = tgt_in[:, 0]
         for t in range(steps):
-            out, state, _ = self.decoder.step(prev, state, enc, keys)
+            out, state, _ = self.decoder.step(prev, state, enc, keys, weights)
             step_logits = self.logits(out)  # (batch, vocab)
             logits.append(step_logits)
             if t + 1 < steps:
@@ -89,11 +91,15 @@ class Seq2Seq(nn.Module):
         stacked_logits = torch.stack(logits, dim=1)
         return stacked_logits[select] if select is not None else stacked_logits
 
-    def step(self, prev: torch.Tensor, state: DecoderState, enc: EncoderOutput, keys: torch.Tensor | None
-             ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
-        """One search step: (batch,) previous tokens -> (batch, vocab) log-probabilities, state, attention."""
-        out, state, weights = self.decoder.step(prev, state, enc, keys)
-        return torch.log_softmax(self.logits(out).float(), dim=-1), state, weights
+    def step(self, prev: torch.Tensor, state: DecoderState, enc: EncoderOutput, keys: torch.Tensor | None,
+             weights: StepWeights | None = None) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
+        """One search step: (batch,) previous tokens -> (batch, vocab) log-probabilities, state, attention.
+
+        `weights` from `self.decoder.step_weights(device)`, prepared once per batch, saves re-casting them
+        at every step under autocast.
+        """
+        out, state, attention = self.decoder.step(prev, state, enc, keys, weights)
+        return torch.log_softmax(self.logits(out).float(), dim=-1), state, attention
 
 
 def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, joint_vocab: bool) -> Seq2Seq:

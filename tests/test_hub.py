@@ -1,0 +1,50 @@
+"""`nmt.load(...).translate([...])`: three lines from a checkpoint to translations."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import nmt
+from nmt.cli import main
+from translation_fixtures import make_checkpoint, synthetic_sentences
+from translation_fixtures import single_thread  # noqa: F401 (an autouse fixture)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("hub") / "model.pt", seed=4)
+
+
+def test_hub_translates_like_the_command_line(checkpoint: Path, tmp_path: Path) -> None:
+    sentences = synthetic_sentences(6, seed=11) + [""]
+    (tmp_path / "in.txt").write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    assert main(["translate", "-c", str(checkpoint), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out.txt"),
+                 "-q", "--device", "cpu", "--dtype", "fp32"]) == 0
+    model = nmt.load(checkpoint, device="cpu", dtype="fp32")
+    assert model.translate(sentences) == (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    assert model.translate([]) == []
+
+
+def test_hub_beam_and_nbest(checkpoint: Path) -> None:
+    model = nmt.load(str(checkpoint), device="cpu", dtype="fp32")
+    sentences = synthetic_sentences(3, seed=12)
+    greedy = model.translate(sentences, beam=1)
+    nbest = model.translate_nbest(sentences, beam=1)
+    assert greedy == [hyps[0].text for hyps in nbest]
+    with pytest.raises(TypeError):
+        model.translate(sentences[0])
+
+
+def test_import_nmt_stays_cheap() -> None:
+    """`import nmt` must not import torch (prepare and the CLI's startup stay fast); `nmt.load` does."""
+
+    def torch_imported(code: str) -> str:
+        return subprocess.run([sys.executable, "-c", f"import sys, nmt; {code}; print('torch' in sys.modules)"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert torch_imported("pass") == "False"
+    assert torch_imported("assert callable(nmt.load)") == "True"

@@ -1,0 +1,197 @@
+"""Translating sentences and files: order kept, no line lost, the CLI round-trips a file."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import nmt.translate
+from nmt.checkpoint import Translator, load_translator
+from nmt.cli import main
+from nmt.config import DecodeConfig
+from nmt.translate import Translation, translate_sentences
+from translation_fixtures import make_checkpoint, synthetic_sentences, tiny_spm
+from translation_fixtures import single_thread  # noqa: F401 (an autouse fixture)
+
+POOL = synthetic_sentences(12, seed=3) + ["", "   ", "ka"]
+DECODE = DecodeConfig(beam=3, max_len_a=1.0, max_len_b=3)
+CPU = torch.device("cpu")
+
+
+@functools.lru_cache(maxsize=1)
+def translator() -> Translator:
+    """One model for the whole module (hypothesis cannot use function-scoped fixtures)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_translator(make_checkpoint(Path(tmp) / "model.pt", seed=1))
+
+
+def translate(sentences: list[str], batch_tokens: int = 40, decode: DecodeConfig = DECODE,
+              **kwargs: object) -> list[list[Translation]]:
+    t = translator()
+    return translate_sentences([t.model], t.src_model, t.tgt_model, sentences, decode, CPU, torch.float32,
+                               batch_tokens, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def alone(sentence: str) -> tuple[list[int], float]:
+    (hyp,) = translate([sentence])[0]
+    return hyp.tokens, hyp.score
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(POOL), max_size=10), st.integers(min_value=1, max_value=80))
+def test_order_and_empty_lines_are_kept(sentences: list[str], batch_tokens: int) -> None:
+    results = translate(sentences, batch_tokens=batch_tokens)
+    assert len(results) == len(sentences)
+    for sentence, hyps in zip(sentences, results):
+        assert len(hyps) == 1
+        if not sentence.strip():
+            assert hyps[0].text == "" and hyps[0].tokens == []
+        else:
+            tokens, score = alone(sentence)
+            assert hyps[0].tokens == tokens
+            assert hyps[0].score == pytest.approx(score, abs=1e-5)
+
+
+def test_empty_input_gives_empty_output() -> None:
+    assert translate([]) == []
+
+
+def test_a_long_line_is_truncated_with_a_warning_not_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    t = translator()
+    long_line = " ".join(synthetic_sentences(400, seed=9))
+    ids = t.src_model.encode([long_line])[0]
+    assert len(ids) > nmt.translate.MAX_SOURCE_TOKENS
+    with caplog.at_level(logging.WARNING, logger="nmt.translate"):
+        results = translate(["ka lo", long_line, "mi"], decode=DecodeConfig(beam=2, max_len_a=0.0, max_len_b=3),
+                            first_line=41)
+    assert len(results) == 3 and all(len(r) == 1 for r in results)
+    assert results[1][0].source == ids[: nmt.translate.MAX_SOURCE_TOKENS]
+    assert [r.message for r in caplog.records if "truncated" in r.message] == [
+        f"line 42: {len(ids)} subwords, truncated to the model's limit of {nmt.translate.MAX_SOURCE_TOKENS}"]
+
+
+def test_nbest_translations_are_sorted() -> None:
+    for hyps in translate(POOL[:5], decode=DecodeConfig(beam=4, nbest=3, max_len_a=1.0, max_len_b=3)):
+        assert len(hyps) == 3
+        assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", seed=2)
+
+
+@pytest.fixture
+def input_file(tmp_path: Path) -> Path:
+    lines = synthetic_sentences(7, seed=5)
+    lines[2] = ""
+    lines.append("")
+    path = tmp_path / "input.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def run_translate(checkpoint: Path, input_file: Path, output: Path, *extra: str) -> list[str]:
+    assert main(["translate", "-c", str(checkpoint), "-i", str(input_file), "-o", str(output), "-q",
+                 "--device", "cpu", "--dtype", "fp32", *extra]) == 0
+    return output.read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def test_cli_translate_round_trips_a_file(checkpoint: Path, input_file: Path, tmp_path: Path) -> None:
+    inputs = input_file.read_text(encoding="utf-8").split("\n")[:-1]
+    outputs = run_translate(checkpoint, input_file, tmp_path / "out.txt")
+    t = load_translator(checkpoint)
+    expected = translate_sentences([t.model], t.src_model, t.tgt_model, inputs, t.config.decode, CPU, torch.float32,
+                                   t.config.decode.batch_tokens)
+    assert outputs == [hyps[0].text for hyps in expected]
+    assert [o == "" for o in outputs] == [i == "" for i in inputs]
+
+
+def test_cli_translate_streams_in_chunks(checkpoint: Path, input_file: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = run_translate(checkpoint, input_file, tmp_path / "whole.txt")
+    monkeypatch.setattr(nmt.translate, "CHUNK_LINES", 3)
+    assert run_translate(checkpoint, input_file, tmp_path / "chunked.txt") == whole
+
+
+def test_cli_translate_stdin_to_stdout(checkpoint: Path, input_file: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    expected = run_translate(checkpoint, input_file, tmp_path / "out.txt")
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(input_file.read_bytes()), encoding="utf-8"))
+    assert main(["translate", "-c", str(checkpoint), "-q", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.split("\n")[:-1] == expected
+
+
+def test_cli_translate_nbest_lines(checkpoint: Path, input_file: Path, tmp_path: Path) -> None:
+    n_inputs = len(input_file.read_text(encoding="utf-8").split("\n")) - 1
+    lines = run_translate(checkpoint, input_file, tmp_path / "nbest.txt", "--beam", "4", "--nbest", "3")
+    parsed = [line.split(" ||| ") for line in lines]
+    assert all(len(p) == 3 for p in parsed)
+    indices = [int(p[0]) for p in parsed]
+    assert sorted(set(indices)) == list(range(n_inputs)) and indices == sorted(indices)
+    for i in set(indices):
+        scores = [float(p[2]) for p in parsed if int(p[0]) == i]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_cli_nbest_widens_the_checkpoint_beam_unless_a_beam_is_given(checkpoint: Path, input_file: Path,
+                                                                     tmp_path: Path) -> None:
+    assert load_translator(checkpoint).config.decode.beam == 3
+    lines = run_translate(checkpoint, input_file, tmp_path / "nbest.txt", "--nbest", "4")
+    inputs = input_file.read_text(encoding="utf-8").split("\n")[:-1]
+    assert len(lines) == sum(4 if line else 1 for line in inputs)
+    assert main(["translate", "-c", str(checkpoint), "-i", str(input_file), "-q", "--beam", "2", "--nbest", "3"]) == 2
+
+
+def test_cli_translate_writes_alignments(checkpoint: Path, input_file: Path, tmp_path: Path) -> None:
+    outputs = run_translate(checkpoint, input_file, tmp_path / "out.txt", "--alignments",
+                            str(tmp_path / "align.jsonl"))
+    records = [json.loads(line) for line in (tmp_path / "align.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["index"] for r in records] == list(range(len(outputs)))
+    for record, output in zip(records, outputs):
+        if output == "":
+            assert record["source"] == record["target"] == record["attention"] == []
+            continue
+        assert record["source"][-1] == record["target"][-1] == "</s>"
+        assert len(record["attention"]) == len(record["target"])
+        for row in record["attention"]:
+            assert len(row) == len(record["source"])
+            assert sum(row) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_cli_sampling_is_reproducible(checkpoint: Path, input_file: Path, tmp_path: Path) -> None:
+    first = run_translate(checkpoint, input_file, tmp_path / "a.txt", "--temperature", "1.2", "--seed", "7")
+    again = run_translate(checkpoint, input_file, tmp_path / "b.txt", "--temperature", "1.2", "--seed", "7")
+    assert first == again
+
+
+def test_cli_ensemble_of_a_checkpoint_with_itself(checkpoint: Path, input_file: Path, tmp_path: Path) -> None:
+    single = run_translate(checkpoint, input_file, tmp_path / "single.txt")
+    assert run_translate(checkpoint, input_file, tmp_path / "double.txt", "-c", str(checkpoint)) == single
+
+
+def test_cli_ensemble_needs_one_vocabulary(checkpoint: Path, input_file: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    other = make_checkpoint(tmp_path / "other.pt", seed=3, spm=tiny_spm(vocab_size=40, seed=1))
+    rc = main(["translate", "-c", str(checkpoint), "-c", str(other), "-i", str(input_file), "-q"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(other) in err and "SentencePiece" in err
+
+
+def test_cli_translate_missing_input_is_a_user_error(checkpoint: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    assert main(["translate", "-c", str(checkpoint), "-i", str(tmp_path / "nope.txt"), "-q"]) == 2
+    assert "nope.txt" in capsys.readouterr().err
