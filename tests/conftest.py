@@ -18,6 +18,9 @@ import yaml
 # Tests never touch the network: a Hugging Face hub id must fail fast instead of trying to download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The tests' matrices are tiny: one thread is faster than two, and on a loaded 2-core machine two OpenMP
+# threads per process spin against each other. Set before torch is imported; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
