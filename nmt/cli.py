@@ -106,6 +106,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_split(args: argparse.Namespace) -> int:
+    from nmt.data.split import split_corpus
+
+    manifest = split_corpus(args.src, args.tgt, tuple(args.langs), args.key, args.valid, args.test, args.seed,
+                            args.output)
+    print("  ".join(f"{name}: {size['pairs']} pairs ({size['keys']} distinct {args.key})"
+                    for name, size in manifest["sizes"].items()))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from nmt.plot import plot_learning_curves
 
@@ -191,6 +201,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object (bleu, chrf, ter, signature)")
     p.set_defaults(func=cmd_score)
 
+    p = sub.add_parser("split", help="split an aligned corpus into train/valid/test by one side's sentences",
+                       description="Group the pairs by the sentence on the --key side, shuffle the groups with "
+                       "--seed and deal whole groups to valid, test and train, so no key sentence occurs in two "
+                       "splits. Writes OUT/{train,valid,test}.LANG and OUT/split.json; reruns reuse them.")
+    p.add_argument("src", help="first side: one sentence per line (.gz allowed)")
+    p.add_argument("tgt", help="second side, line-aligned with the first")
+    p.add_argument("--langs", nargs=2, required=True, metavar=("SRC_LANG", "TGT_LANG"),
+                   help="language codes of the two files, used in the output names")
+    p.add_argument("--key", required=True, help="the language whose sentences may not cross splits")
+    p.add_argument("--valid", type=int, required=True, help="pairs in the validation split")
+    p.add_argument("--test", type=int, required=True, help="pairs in the test split")
+    p.add_argument("--seed", type=int, default=1, help="seed of the group shuffle (default: 1)")
+    p.add_argument("-o", "--output", required=True, help="folder for the split files")
+    p.set_defaults(func=cmd_split)
+
     p = sub.add_parser("plot", help="draw an experiment's learning curves to PNG",
                        description="Read EXP/metrics.jsonl and draw train/dev loss, dev BLEU and tokens/s.")
     p.add_argument("exp", help="experiment folder")
@@ -214,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except NMTError as err:
-        print(f"nmt {args.command}: error: {err}", file=sys.stderr)
+        one_line = "\\n".join(str(err).splitlines())  # a file name may contain a line break
+        print(f"nmt {args.command}: error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nmt {args.command}: interrupted", file=sys.stderr)

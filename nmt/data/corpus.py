@@ -104,7 +104,8 @@ def _hf_pairs(spec: SplitSpec, src_lang: str, tgt_lang: str) -> Iterator[tuple[s
             ds = datasets.load_dataset(spec.hf, data_files=files, split="train")
         else:
             ds = datasets.load_dataset(spec.hf, spec.hf_config, split=spec.hf_split)
-    except (ConnectionError, OSError, ValueError, DatasetsError) as err:
+    except (ConnectionError, OSError, ValueError, RuntimeError, DatasetsError) as err:
+        # RuntimeError: a hub dataset that still needs a loading script, which current `datasets` refuses.
         # DatasetGenerationError (a malformed local file) says only "an error occurred"; its cause says what.
         cause = err.__cause__ if isinstance(err, DatasetsError) and err.__cause__ else err
         reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__

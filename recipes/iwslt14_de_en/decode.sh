@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Translate a file (or stdin) with this recipe's model and, given --ref, score it. Options: see
+# recipes/common/decode.sh.
+exec "$(dirname "${BASH_SOURCE[0]}")/../common/decode.sh" --config recipes/iwslt14_de_en/conf/de_en.yaml "$@"
