@@ -94,6 +94,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
         sampling_topk=args.topk,
         seed=args.seed,
         quiet=args.quiet,
+        greedy_floor=True if args.greedy_floor else None,
+        threads=args.threads,
     )
     return 0
 
@@ -191,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=None, help="sample instead of searching, at this temperature")
     p.add_argument("--topk", type=int, default=0, help="with --temperature: sample from the k most likely tokens")
     p.add_argument("--seed", type=int, default=1, help="random seed for sampling")
+    p.add_argument("--greedy-floor", action="store_true",
+                   help="also run greedy search and keep its translation where it scores higher than the beam's")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or speed line")
     p.set_defaults(func=cmd_translate)
 

@@ -134,6 +134,7 @@ class DecodeConfig:
     min_len: int = 1
     batch_tokens: int = 8000
     nbest: int = 1
+    greedy_floor: bool = False  # also run greedy and keep its sentence where it beats the beam (~1/beam more work)
 
 
 @dataclass

@@ -48,7 +48,7 @@ def options_from_config(decode: DecodeConfig) -> dict[str, Any]:
     """The keyword arguments of `translate_batch` that a config's decode section sets."""
     return dict(beam=decode.beam, nbest=decode.nbest, alpha=decode.alpha, length_penalty=decode.length_penalty,
                 coverage_penalty=decode.coverage_penalty, max_len_a=decode.max_len_a, max_len_b=decode.max_len_b,
-                min_len=decode.min_len)
+                min_len=decode.min_len, greedy_floor=decode.greedy_floor)
 
 
 @contextmanager
@@ -418,12 +418,17 @@ def translate_batch(
     sampling_topk: int = 0,
     generator: torch.Generator | None = None,
     with_attention: bool = False,
+    greedy_floor: bool = False,
 ) -> list[list[Hypothesis]]:
     """Translate a padded batch with one model or an ensemble: src (batch, src_len) ending in EOS,
     src_lengths (batch,) on the CPU -> for each sentence its `nbest` hypotheses, best first.
 
     Beam 1 is greedy search; `sampling_temperature` switches to sampling (`nbest` samples per sentence). The
     models are put in eval mode for the search and restored after, so validation can call this mid-training.
+
+    Beam search is not exact: on rare sentences greedy's prefix falls out of the beam and greedy's sentence
+    scores higher. `greedy_floor` also runs greedy search (about 1/beam more work) and keeps its sentence when
+    it scores higher, so that beam search never returns a lower score than greedy.
     """
     if beam < 1:
         raise NMTError(f"beam size must be at least 1, got {beam}")
@@ -442,4 +447,11 @@ def translate_batch(
         raise NMTError(f"nbest ({nbest}) cannot exceed the beam size ({beam})")
     if beam == 1:
         return greedy_search(models, src, src_lengths, **common)
-    return beam_search(models, src, src_lengths, beam, nbest=nbest, **common)
+    hyps = beam_search(models, src, src_lengths, beam, nbest=nbest, **common)
+    if greedy_floor:
+        for sentence, (greedy,) in zip(hyps, greedy_search(models, src, src_lengths, **common)):
+            if all(h.tokens != greedy.tokens for h in sentence):
+                sentence.append(greedy)
+                sentence.sort(key=lambda h: -h.score)
+                del sentence[nbest:]
+    return hyps

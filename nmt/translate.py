@@ -183,6 +183,8 @@ def translate_file(
     sampling_topk: int = 0,
     seed: int = 1,
     quiet: bool = False,
+    greedy_floor: bool | None = None,
+    threads: int = 0,
 ) -> TranslateStats:
     """Translate a file (stdin when `input_path` is None) line by line into `output_path` (stdout when None).
 
@@ -192,12 +194,14 @@ def translate_file(
     for path in (output_path, alignments_path):
         if path is not None and input_path is not None and Path(path).resolve() == Path(input_path).resolve():
             raise NMTError(f"{path} is the input file too; writing it would erase the input")
+    if threads:
+        torch.set_num_threads(threads)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     translators = load_ensemble(checkpoints, torch_device)
     first = translators[0]
     overrides = {"beam": beam, "nbest": nbest, "alpha": alpha, "max_len_a": max_len_a, "max_len_b": max_len_b,
-                 "batch_tokens": batch_tokens}
+                 "batch_tokens": batch_tokens, "greedy_floor": greedy_floor}
     decode = dataclasses.replace(first.config.decode, **{k: v for k, v in overrides.items() if v is not None})
     if beam is None and decode.nbest > decode.beam:  # --nbest alone widens the checkpoint's beam to fit
         decode = dataclasses.replace(decode, beam=decode.nbest)

@@ -113,6 +113,22 @@ def test_beam_scores_at_least_greedy_except_for_rare_search_errors() -> None:
     assert beam_sum > greedy_sum
 
 
+@pytest.mark.parametrize("length_penalty", ["none", "average"])
+def test_beam_with_greedy_floor_never_scores_below_greedy(length_penalty: str) -> None:
+    for seed in range(12):
+        vocab = 8 + seed % 5
+        model = tiny_model(vocab, seed=seed, **VARIANTS[seed % len(VARIANTS)])
+        src, lengths = random_sources(vocab, 4, seed=seed)
+        options = dict(alpha=0.0 if length_penalty == "none" else 1.0, length_penalty=length_penalty,
+                       max_len_a=1.0, max_len_b=3, min_len=0)
+        greedy = greedy_search([model], src, lengths, **options)
+        for k in (2, 4):
+            beam = translate_batch([model], src, lengths, k, nbest=2, greedy_floor=True, **options)
+            for g, b in zip(greedy, beam):
+                assert b[0].score >= g[0].score - 1e-6
+                assert b[0].score >= b[-1].score
+
+
 @pytest.mark.parametrize("variant", range(len(VARIANTS)))
 @pytest.mark.parametrize("beam", [1, 4])
 def test_a_sentence_alone_equals_it_inside_a_batch(variant: int, beam: int) -> None:
