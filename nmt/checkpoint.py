@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise NMTError(f"checkpoint not found: {path}")
+    # torch.load does not check the CRC-32 that torch.save stores for every record, so a flipped bit in the
+    # weights would load silently: check them first (one extra read of the file).
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError, KeyError,
+            UnicodeDecodeError, zlib.error, struct.error) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise NMTError(f"{path}: not a readable checkpoint (truncated or corrupt: {reason[:200]})") from None
+    if damaged is not None:
+        raise NMTError(f"{path}: corrupt checkpoint (checksum mismatch in {damaged})")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
@@ -79,12 +92,18 @@ class Translator:
 
 
 def model_from_checkpoint(payload: dict, path: str = "checkpoint") -> Translator:
+    spm_models = payload.get("spm")
+    if "config" not in payload or not isinstance(spm_models, dict) or not {"src", "tgt"} <= spm_models.keys():
+        raise NMTError(f"{path}: not a complete nmt checkpoint (no config or SentencePiece models)")
     try:
         config = config_from_dict(payload["config"])
     except NMTError as err:
         raise NMTError(f"{path}: stored config is invalid ({err})") from None
-    src_model = Subword(payload["spm"]["src"])
-    tgt_model = Subword(payload["spm"]["tgt"])
+    try:
+        src_model = Subword(payload["spm"]["src"])
+        tgt_model = Subword(payload["spm"]["tgt"])
+    except (NMTError, TypeError) as err:
+        raise NMTError(f"{path}: {err}") from None
     joint = payload["spm"]["src"] == payload["spm"]["tgt"]
     model = build_model(config.model, len(src_model), len(tgt_model), joint)
     try:

@@ -30,7 +30,7 @@ from nmt.config import Config, DecodeConfig, TrainConfig, save_config, to_dict
 from nmt.data.batching import make_batches, shard
 from nmt.data.cache import EncodedCorpus
 from nmt.data.collate import Batch, collate
-from nmt.data.corpus import read_pairs
+from nmt.data.corpus import describe_split, read_pairs
 from nmt.data.prepare import PreparedData, prepare
 from nmt.data.subword import PAD, Subword
 from nmt.errors import NMTError
@@ -50,8 +50,12 @@ def teacher_forcing_ratio(cfg: TrainConfig, update: int) -> float:
     if cfg.tf_schedule == "linear":
         frac = min(1.0, update / max(1, cfg.tf_decay_updates))
         return max(cfg.tf_min, cfg.tf_ratio - (cfg.tf_ratio - cfg.tf_min) * frac)
-    # inverse sigmoid: k / (k + exp(update / k)), with k chosen so that the ratio is ~0.5 at tf_decay_updates
-    k = max(1.0, cfg.tf_decay_updates / math.log(max(cfg.tf_decay_updates, 2)))
+    # inverse sigmoid: k / (k + exp(update / k)), with k solving k ln k = tf_decay_updates (Newton's method from
+    # above) so that the ratio is tf_ratio / 2 at tf_decay_updates
+    decay = max(1, cfg.tf_decay_updates)
+    k = decay + 1.0
+    for _ in range(60):
+        k -= (k * math.log(k) - decay) / (math.log(k) + 1.0)
     return max(cfg.tf_min, cfg.tf_ratio * k / (k + math.exp(min(update / k, 700.0))))
 
 
@@ -244,6 +248,9 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the newest readable checkpoint; False when there is none."""
+        if self.ddp.main:  # what a process killed in the middle of save_atomic left behind
+            for stale in [*self.ckpt_dir.glob(".*.pt.tmp*"), *self.exp.glob(".final.pt.tmp*")]:
+                stale.unlink(missing_ok=True)
         candidates = sorted(self.ckpt_dir.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
         last = self.ckpt_dir / "last.pt"
         if last in candidates:
@@ -259,10 +266,18 @@ class Trainer:
                 continue
             if i > 0:
                 log.warning("resuming from %s, the newest good checkpoint", path)
-            self.restore(payload)
+            try:
+                self.restore(payload)
+            except (RuntimeError, ValueError, KeyError) as err:  # e.g. resumed with another model config
+                lines = str(err).strip().splitlines() or [type(err).__name__]
+                raise NMTError(f"{path}: cannot resume from it with this config's model and vocabulary "
+                               f"({lines[min(1, len(lines) - 1)].strip()[:200]})") from None
             log.info("resumed from %s at update %d (epoch %d, batch %d)", path, self.progress.update,
                      self.progress.epoch + 1, self.progress.batch_in_epoch)
             return True
+        if candidates:  # starting afresh would overwrite them: let the user decide
+            raise NMTError(f"no usable checkpoint in {self.ckpt_dir} ({len(candidates)} unreadable, see the "
+                           "warnings above); move them away to start afresh")
         return False
 
     def keep_best(self, bleu: float) -> None:
@@ -413,7 +428,7 @@ class Trainer:
         bar = tqdm(total=t.max_updates or None, initial=p.update, unit="upd", dynamic_ncols=True,
                    disable=None if self.ddp.main else True, mininterval=1.0)
         window_tokens, window_start = 0, time.time()
-        loss_avg = None
+        loss_avg = math.nan  # stays nan until the first finite loss
         stop = False
         while not stop and p.epoch < t.max_epochs and not self.out_of_budget():
             batches = make_batches(src_len, tgt_len, t.max_tokens, seed=t.seed, epoch=p.epoch)
@@ -429,7 +444,7 @@ class Trainer:
                 p.train_seconds += time.time() - tick
                 window_tokens += tokens
                 if math.isfinite(loss):
-                    loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
+                    loss_avg = loss if math.isnan(loss_avg) else 0.95 * loss_avg + 0.05 * loss
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.update(1)
                 if p.update % t.log_every == 0 or p.update == 1:
@@ -520,6 +535,20 @@ def decode_corpus(models: list[Seq2Seq], tgt_model: Subword, corpus: EncodedCorp
     return out
 
 
+# Validation decodes step by step with attention over the whole source, so its cost grows with the product of
+# the lengths: one runaway dev line (a document, a blob without line breaks) would stall it for hours and
+# exhaust memory. Dev sentences are not cleaned (that would change the score), so refuse such a line instead.
+MAX_DEV_TOKENS = 1024
+
+
+def check_dev_lengths(cfg: Config, data: PreparedData) -> None:
+    lengths = np.maximum(data.valid.src_lengths, data.valid.tgt_lengths)
+    if len(lengths) and int(lengths.max()) > MAX_DEV_TOKENS:
+        i = int(np.argmax(lengths))
+        raise NMTError(f"valid split ({describe_split(cfg.data.valid)}) line {int(data.valid.line_numbers[i])}: "
+                       f"{int(lengths[i])} subwords, more than the {MAX_DEV_TOKENS} a dev sentence may have")
+
+
 def _install_signal_handlers(trainer: Trainer) -> dict:
     def handler(signum: int, frame: Any) -> None:
         if trainer.pending_signal is not None:  # a second signal: stop now
@@ -561,6 +590,7 @@ def train(cfg: Config, resume: bool = False, run_tests: bool = True) -> int:
         dist.barrier()
     if not ddp.main:
         data = prepare(cfg)
+    check_dev_lengths(cfg, data)
     seed_everything(cfg.train.seed)
     trainer = Trainer(cfg, data, device, ddp)
     if ddp.main:
@@ -583,7 +613,12 @@ def train(cfg: Config, resume: bool = False, run_tests: bool = True) -> int:
     previous = _install_signal_handlers(trainer)
     code = 0
     try:
-        if not trainer.progress.finished:
+        progress, limits = trainer.progress, cfg.train
+        if progress.finished and not trainer.out_of_budget() and progress.epoch < limits.max_epochs and not (
+                limits.early_stop_patience and progress.bad_validations >= limits.early_stop_patience):
+            log.info("continuing a finished run: its budget (max_updates/max_epochs/max_minutes) was raised")
+            progress.finished = False
+        if not progress.finished:
             trainer.run()
     except StopTraining as stop:
         trainer.save(trainer.ckpt_dir / "last.pt")
@@ -615,7 +650,7 @@ def train(cfg: Config, resume: bool = False, run_tests: bool = True) -> int:
 
 def evaluate_tests(cfg: Config, checkpoint: str | None = None) -> dict:
     """Translate every test set with `checkpoint` (default EXP/final.pt) and write EXP/results.json."""
-    from nmt.evaluate import score
+    from nmt.evaluate import score_corpus
     from nmt.translate import translate_sentences
 
     exp = Path(cfg.exp_dir)
@@ -635,7 +670,7 @@ def evaluate_tests(cfg: Config, checkpoint: str | None = None) -> dict:
         seconds = time.time() - started
         texts = [h[0].text if h else "" for h in hyps]
         (exp / "test" / f"{name}.hyp").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
-        scores = score(texts, references)
+        scores = score_corpus(texts, references)
         exact = sum(h == r for h, r in zip(texts, references)) / max(len(references), 1)
         results[name] = {"bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2),
                          "ter": round(scores["ter"], 2), "exact_match": round(exact, 4),

@@ -1,0 +1,242 @@
+"""nmt.model: shapes and masks, padding invariance, a copy task every cell x attention learns, tied embeddings,
+scheduled sampling and the `select` projection."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from nmt.config import ModelConfig
+from nmt.data.subword import BOS, EOS, PAD
+from nmt.errors import NMTError
+from nmt.model.seq2seq import Seq2Seq, build_model
+
+CELLS = ["gru", "lstm"]
+ATTENTIONS = ["none", "bahdanau", "dot", "general"]
+COMBINATIONS = list(itertools.product(CELLS, ATTENTIONS))
+VOCAB = 12  # ids 0-3 are pad/unk/bos/eos, 4-11 are "words"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and this keeps the tests from fighting over a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def model_config(**overrides: object) -> ModelConfig:
+    base = dict(emb_dim=16, enc_hidden=16, dec_hidden=32, attention_dim=16, dropout=0.0, emb_dropout=0.0)
+    base.update(overrides)
+    return ModelConfig(**base)  # type: ignore[arg-type]
+
+
+def make_model(seed: int = 0, **overrides: object) -> Seq2Seq:
+    torch.manual_seed(seed)
+    return build_model(model_config(**overrides), VOCAB, VOCAB, True)
+
+
+def random_sequences(n: int, seed: int, min_len: int = 1, max_len: int = 7) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_len, max_len + 1, (n,), generator=g)
+    return [torch.randint(4, VOCAB, (int(k),), generator=g) for k in lengths]
+
+
+def batch_of(sources: list[torch.Tensor], targets: list[torch.Tensor]):
+    """Padded (src, src_lengths, tgt_in, tgt_out) as the collate step builds them: src ends in EOS, the target
+    is BOS y1..yn in and y1..yn EOS out."""
+    eos, bos = torch.tensor([EOS]), torch.tensor([BOS])
+    src = pad_sequence([torch.cat([s, eos]) for s in sources], batch_first=True, padding_value=PAD)
+    lengths = torch.tensor([len(s) + 1 for s in sources])
+    tgt_in = pad_sequence([torch.cat([bos, t]) for t in targets], batch_first=True, padding_value=PAD)
+    tgt_out = pad_sequence([torch.cat([t, eos]) for t in targets], batch_first=True, padding_value=PAD)
+    return src, lengths, tgt_in, tgt_out
+
+
+def greedy(model: Seq2Seq, src: torch.Tensor, lengths: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Free-running decode through `Seq2Seq.step` (independent of nmt.search): tokens (batch, steps) and
+    log-probabilities (batch, steps, vocab)."""
+    enc, keys = model.encode(src, lengths)
+    state = model.decoder.init_state(enc)
+    prev = torch.full((src.size(0),), BOS)
+    tokens, log_probs = [], []
+    for _ in range(steps):
+        lp, state, _ = model.step(prev, state, enc, keys)
+        prev = lp.argmax(-1)
+        tokens.append(prev)
+        log_probs.append(lp)
+    return torch.stack(tokens, 1), torch.stack(log_probs, 1)
+
+
+# ----------------------------------------------------------------------------------------------- shapes, masks
+
+
+@pytest.mark.parametrize("cell,attention", COMBINATIONS)
+def test_shapes_and_masks(cell: str, attention: str):
+    model = make_model(cell=cell, attention=attention, enc_layers=2, dec_layers=2).eval()
+    sources, targets = random_sequences(5, seed=1), random_sequences(5, seed=2)
+    src, lengths, tgt_in, tgt_out = batch_of(sources, targets)
+    batch, src_len = src.shape
+
+    enc, keys = model.encode(src, lengths)
+    assert enc.states.shape == (batch, src_len, 2 * 16)
+    assert enc.final.shape == (batch, 2 * 16)
+    assert enc.mask.dtype == torch.bool
+    assert torch.equal(enc.mask, src != PAD)
+    assert torch.equal(enc.states[~enc.mask], torch.zeros_like(enc.states[~enc.mask]))  # padding stays zero
+
+    state = model.decoder.init_state(enc)
+    assert state.hidden.shape == (2, batch, 32)
+    assert (state.cell is None) == (cell == "gru")
+    log_probs, state, weights = model.step(torch.full((batch,), BOS), state, enc, keys)
+    assert log_probs.shape == (batch, VOCAB)
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(batch), atol=1e-5)
+    if attention == "none":
+        assert weights is None
+    else:
+        assert weights.shape == (batch, src_len)
+        assert torch.allclose(weights.sum(-1), torch.ones(batch), atol=1e-5)
+        assert torch.all(weights[~enc.mask] == 0)  # attention never looks at padding
+
+    logits = model(src, lengths, tgt_in)
+    assert logits.shape == (*tgt_in.shape, VOCAB)
+
+
+@pytest.mark.parametrize("tf_ratio", [1.0, 0.5])
+def test_select_returns_exactly_the_real_positions(tf_ratio: float):
+    model = make_model(attention="bahdanau").eval()
+    src, lengths, tgt_in, tgt_out = batch_of(random_sequences(6, seed=3), random_sequences(6, seed=4))
+    real = tgt_out != PAD
+    torch.manual_seed(5)
+    full = model(src, lengths, tgt_in, tf_ratio)
+    torch.manual_seed(5)  # the same coin flips for scheduled sampling
+    selected = model(src, lengths, tgt_in, tf_ratio, real)
+    assert selected.shape == (int(real.sum()), VOCAB)
+    assert torch.allclose(selected, full[real], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- padding
+
+
+@pytest.mark.parametrize("bridge", ["zero", "final", "mean"])
+@pytest.mark.parametrize("cell,attention", COMBINATIONS)
+def test_padding_never_changes_a_sentence(cell: str, attention: str, bridge: str):
+    """Encoder states and decoder logits of a sentence are the same alone as inside a padded batch."""
+    model = make_model(cell=cell, attention=attention, bridge=bridge, enc_layers=2, dec_layers=2).eval()
+    sources, targets = random_sequences(6, seed=6, max_len=9), random_sequences(6, seed=7, max_len=9)
+    src, lengths, tgt_in, _ = batch_of(sources, targets)
+    with torch.no_grad():
+        enc, _ = model.encode(src, lengths)
+        logits = model(src, lengths, tgt_in)
+        for i, (s, t) in enumerate(zip(sources, targets)):
+            src_i, len_i, tin_i, _ = batch_of([s], [t])
+            alone, _ = model.encode(src_i, len_i)
+            n, m = len(s) + 1, len(t) + 1
+            assert torch.allclose(enc.states[i, :n], alone.states[0], atol=1e-5)
+            assert torch.allclose(enc.final[i], alone.final[0], atol=1e-5)
+            assert torch.allclose(logits[i, :m], model(src_i, len_i, tin_i)[0], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- learning
+
+
+@pytest.mark.parametrize("cell,attention", COMBINATIONS)
+def test_copy_task_overfits(cell: str, attention: str):
+    """20 short sequences, copied: teacher-forced argmax and free-running greedy decoding reproduce them all."""
+    sequences = random_sequences(20, seed=8, min_len=3, max_len=6)
+    src, lengths, tgt_in, tgt_out = batch_of(sequences, sequences)
+    real = tgt_out != PAD
+    model = make_model(cell=cell, attention=attention, enc_hidden=32, dec_hidden=64, attention_dim=32)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+
+    def solved() -> bool:
+        model.eval()
+        with torch.no_grad():
+            forced = model(src, lengths, tgt_in, 1.0, real).argmax(-1)
+            decoded, _ = greedy(model, src, lengths, tgt_out.size(1))
+        model.train()
+        return bool(torch.equal(forced, tgt_out[real]) and torch.equal(decoded[real], tgt_out[real]))
+
+    for step in range(300):
+        loss = torch.nn.functional.cross_entropy(model(src, lengths, tgt_in, 1.0, real), tgt_out[real])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 10 == 9 and solved():
+            break
+    assert solved(), f"{cell}/{attention} did not learn to copy in 300 updates (loss {loss.item():.3f})"
+
+
+# ----------------------------------------------------------------------------------------------- tying
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_decoder_tying_shares_one_matrix():
+    untied = make_model(emb_dim=32, dec_hidden=32)
+    tied = make_model(emb_dim=32, dec_hidden=32, tie_embeddings="decoder")
+    assert tied.output.weight is tied.decoder.embedding.weight
+    assert tied.output.weight.data_ptr() == tied.decoder.embedding.weight.data_ptr()
+    assert tied.encoder.embedding.weight.data_ptr() != tied.decoder.embedding.weight.data_ptr()
+    assert _n_params(untied) - _n_params(tied) == VOCAB * 32
+
+
+def test_all_tying_shares_one_matrix_and_stays_tied_through_training_and_loading():
+    model = make_model(tie_embeddings="all", dec_hidden=48)  # 48 != emb 16: a projection precedes the output
+    shared = model.decoder.embedding.weight
+    assert model.encoder.embedding.weight is shared and model.output.weight is shared
+    src, lengths, tgt_in, tgt_out = batch_of(random_sequences(4, seed=9), random_sequences(4, seed=10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(model(src, lengths, tgt_in).flatten(0, 1), tgt_out.flatten()).backward()
+    optimizer.step()
+    assert model.encoder.embedding.weight is model.output.weight
+
+    fresh = make_model(seed=1, tie_embeddings="all", dec_hidden=48)
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.encoder.embedding.weight is fresh.output.weight is fresh.decoder.embedding.weight
+    assert torch.equal(fresh.output.weight, model.output.weight)
+
+
+def test_all_tying_needs_a_joint_vocabulary():
+    with pytest.raises(NMTError, match="tie_embeddings"):
+        build_model(model_config(tie_embeddings="all"), VOCAB, VOCAB + 1, False)
+
+
+# ----------------------------------------------------------------------------------------------- teacher forcing
+
+
+@pytest.mark.parametrize("cell,attention", [("gru", "bahdanau"), ("lstm", "general"), ("lstm", "none")])
+def test_scheduled_sampling_that_always_picks_gold_equals_teacher_forcing(monkeypatch, cell: str, attention: str):
+    """The step-by-step scheduled-sampling path, every coin saying 'gold', computes the same logits as the batched
+    teacher-forced path (ratio 1)."""
+    model = make_model(cell=cell, attention=attention).eval()
+    src, lengths, tgt_in, _ = batch_of(random_sequences(5, seed=11), random_sequences(5, seed=12))
+    forced = model(src, lengths, tgt_in, 1.0)
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.zeros(shape))
+    sampled = model(src, lengths, tgt_in, 0.5)
+    assert torch.allclose(sampled, forced, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell,attention", [("gru", "dot"), ("lstm", "bahdanau")])
+def test_ratio_zero_feeds_the_model_its_own_argmax(cell: str, attention: str):
+    model = make_model(cell=cell, attention=attention).eval()
+    src, lengths, tgt_in, _ = batch_of(random_sequences(5, seed=13), random_sequences(5, seed=14))
+    free = torch.log_softmax(model(src, lengths, tgt_in, 0.0), dim=-1)
+    _, greedy_log_probs = greedy(model, src, lengths, tgt_in.size(1))
+    assert torch.allclose(free, greedy_log_probs, atol=1e-5)
+
+
+def test_scheduled_sampling_mixes_gold_and_predicted_tokens():
+    """0 < ratio < 1 differs from both extremes (the model is random, so its argmax is rarely the gold token)."""
+    model = make_model(attention="bahdanau").eval()
+    src, lengths, tgt_in, _ = batch_of(random_sequences(8, seed=15, min_len=5), random_sequences(8, seed=16, min_len=5))
+    torch.manual_seed(0)
+    mixed = model(src, lengths, tgt_in, 0.5)
+    assert not torch.allclose(mixed, model(src, lengths, tgt_in, 1.0))
+    assert not torch.allclose(mixed, model(src, lengths, tgt_in, 0.0))

@@ -1,0 +1,483 @@
+"""Issue 7: a killed or signalled training resumes to the parameters of an uninterrupted run, and bad input to
+every command is a one-line user error (exit 2), never a traceback.
+
+Kill points are deterministic: `nmt train` runs in a real process through FAULT_RUNNER, which sends the
+process a real signal (SIGKILL, SIGTERM or SIGINT) from inside at a chosen point. No production code knows
+about it. The table in docs/RELIABILITY.md lists every case here.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt.train import train
+from training_fixtures import load, max_difference, run_process, tiny_train_dict, to_config, write_yaml
+
+N_UPDATES = 12
+
+FAULT_RUNNER = r'''
+"""`nmt ARGS`, with the signal FAULT_AT=<stage>:<update>:<SIGNAL> sent to itself at one point of training."""
+import io, os, signal, sys
+import torch
+import nmt.train as train
+from nmt.cli import main
+
+stage, update, name = os.environ["FAULT_AT"].split(":")
+update, signum = int(update), getattr(signal, name)
+
+fired = []
+
+def fire():  # once: a second SIGTERM/SIGINT means "stop now, do not save"
+    if not fired:
+        fired.append(True)
+        os.kill(os.getpid(), signum)
+
+if stage == "between-updates":  # `update` updates done, the next one about to start
+    train_update = train.Trainer.train_update
+    def patched(self, group):
+        if self.progress.update == update:
+            fire()
+        return train_update(self, group)
+    train.Trainer.train_update = patched
+elif stage == "validation":  # the dev set scored after `update`, nothing logged or saved yet
+    validate = train.Trainer.validate
+    def patched(self):
+        record = validate(self)
+        if self.progress.update == update:
+            fire()
+        return record
+    train.Trainer.validate = patched
+elif stage in ("checkpoint-write", "final-write"):  # half of the temporary file of last.pt (final.pt) written
+    real_save = torch.save
+    target = ".last.pt.tmp" if stage == "checkpoint-write" else ".final.pt.tmp"
+    def patched(obj, f, *args, **kwargs):
+        if target in str(getattr(f, "name", "")) and (
+                stage == "final-write" or obj["progress"]["update"] == update):
+            buffer = io.BytesIO()
+            real_save(obj, buffer, *args, **kwargs)
+            f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            fire()  # SIGKILL ends here; a caught signal lets the write finish
+            f.seek(0)
+            f.truncate()
+        return real_save(obj, f, *args, **kwargs)
+    torch.save = patched
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def reliability_dict(corpus, exp: Path) -> dict:
+    """Dropout 0.3 (RNG restoration matters), dev BLEU on (validation decodes), best 2 kept."""
+    return tiny_train_dict(corpus, exp, train={"valid_bleu": True})
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_corpus, tmp_path_factory) -> Path:
+    exp = tmp_path_factory.mktemp("uninterrupted") / "exp"
+    assert train(to_config(reliability_dict(tiny_corpus, exp)), run_tests=False) == 0
+    return exp
+
+
+def logged_updates(exp: Path) -> list[int]:
+    lines = (exp / "metrics.jsonl").read_text().splitlines()
+    return [r["update"] for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+def run_with_fault(config: Path, fault: str, cwd: Path):
+    return run_process(["train", config, "--no-test"], cwd=cwd, env={"FAULT_AT": fault}, code=FAULT_RUNNER)
+
+
+def assert_resumes_to_the_reference(run_cli, config: Path, exp: Path, reference: Path, resumed_from: int,
+                                    logged_before: list[int]) -> None:
+    """Resume; the run continues right after update `resumed_from` (nothing repeated or lost beyond that
+    checkpoint) and ends where the uninterrupted run ended."""
+    result = run_cli("train", config, "--no-test", "--resume")
+    assert result.code == 0, result.err
+    assert logged_updates(exp) == logged_before + list(range(resumed_from + 1, N_UPDATES + 1))
+    assert max_difference(load(exp / "checkpoints" / "last.pt")["model"],
+                          load(reference / "checkpoints" / "last.pt")["model"]) <= 1e-6
+    assert max_difference(load(exp / "final.pt")["model"], load(reference / "final.pt")["model"]) <= 1e-6
+    assert not list(exp.rglob(".*.tmp*")), "temporary files of the killed write are cleaned up"
+
+
+# ----------------------------------------------------------------------------------------------- interruption
+
+
+@pytest.mark.parametrize("fault,checkpoint_update", [
+    ("between-updates:6:SIGKILL", 4),
+    ("validation:8:SIGKILL", 4),
+    ("checkpoint-write:8:SIGKILL", 4),  # last.pt of update 4 survives the half-written replacement
+    ("checkpoint-write:4:SIGKILL", 4),  # the first last.pt dies mid-write: best_u0000004.pt is the fallback
+    ("final-write:0:SIGKILL", N_UPDATES),  # training done, final.pt half-written
+])
+def test_sigkill_then_resume_equals_the_uninterrupted_run(tiny_corpus, reference, tmp_path, run_cli, fault,
+                                                          checkpoint_update):
+    exp = tmp_path / "exp"
+    config = write_yaml(reliability_dict(tiny_corpus, exp), tmp_path / "config.yaml")
+    killed = run_with_fault(config, fault, tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    if "write" in fault:
+        assert list(exp.rglob(".*.tmp*")), "it should have died in the middle of a write"
+    checkpoints = exp / "checkpoints"
+    newest = checkpoints / "last.pt" if (checkpoints / "last.pt").exists() else checkpoints / "best_u0000004.pt"
+    assert load(newest)["progress"]["update"] == checkpoint_update
+    logged = logged_updates(exp)
+    assert logged == list(range(1, len(logged) + 1)) and len(logged) >= checkpoint_update
+    assert_resumes_to_the_reference(run_cli, config, exp, reference, checkpoint_update, logged)
+
+
+@pytest.mark.parametrize("fault,saved_update", [
+    ("between-updates:6:SIGTERM", 7),  # the update in flight completes, then it saves and exits
+    ("validation:8:SIGINT", 8),
+    ("checkpoint-write:8:SIGTERM", 8),  # the write in progress completes first
+])
+def test_sigterm_and_sigint_save_first(tiny_corpus, reference, tmp_path, run_cli, fault, saved_update):
+    exp = tmp_path / "exp"
+    config = write_yaml(reliability_dict(tiny_corpus, exp), tmp_path / "config.yaml")
+    stopped = run_with_fault(config, fault, tmp_path)
+    signum = getattr(signal, fault.rsplit(":", 1)[1])
+    assert stopped.returncode == 128 + signum, stopped.stderr[-2000:]
+    assert "continue with: nmt train CONFIG --resume" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    progress = load(exp / "checkpoints" / "last.pt")["progress"]
+    assert progress["update"] == saved_update and not progress["finished"]
+    assert not (exp / "final.pt").exists()
+    logged = logged_updates(exp)
+    assert logged == list(range(1, saved_update + 1))
+    assert_resumes_to_the_reference(run_cli, config, exp, reference, saved_update, logged)
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+JUNK = random.Random(0).randbytes(4096)
+LONG_LINE = " ".join(f"w{i % 97}x" for i in range(30_000))[:100_000]
+
+
+@dataclass
+class Workspace:
+    """A folder with a good corpus, config and checkpoint, in which each case spoils one thing."""
+
+    root: Path
+    corpus: object
+    run: Path  # a finished experiment folder (read-only)
+
+    def file(self, name: str, data: bytes | str) -> Path:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        return path
+
+    def lines(self, split: str, lang: str) -> list[str]:
+        return [s if lang == "de" else t for s, t in getattr(self.corpus, split)]
+
+    def split(self, split: str, de: bytes | str | None = None, en: bytes | str | None = None) -> dict:
+        """A copy of `split` as bad_<split>.de/.en, either side replaced by `de`/`en`."""
+        paths = {}
+        for key, lang, data in (("src", "de", de), ("tgt", "en", en)):
+            if data is None:
+                data = "".join(line + "\n" for line in self.lines(split, lang))
+            paths[key] = str(self.file(f"bad_{split}.{lang}", data))
+        return paths
+
+    def config(self, **data: dict) -> Path:
+        raw = tiny_train_dict(self.corpus, self.root / "exp")
+        raw["data"].update(data)
+        return write_yaml(raw, self.root / "config.yaml")
+
+    def checkpoint(self, name: str, change) -> Path:
+        """final.pt of the finished run, changed by `change(payload)`."""
+        payload = load(self.run / "final.pt")
+        change(payload)
+        torch.save(payload, self.root / name)
+        return self.root / name
+
+    def truncated(self, name: str) -> Path:
+        return self.file(name, (self.run / "final.pt").read_bytes()[:5000])
+
+    def resumable(self, change=None) -> Path:
+        """The config of a copy of the finished run, its checkpoints changed by `change(payload)`."""
+        shutil.copytree(self.run, self.root / "exp")
+        for path in (self.root / "exp" / "checkpoints").glob("*.pt"):
+            if change is not None:
+                payload = load(path)
+                change(payload)
+                torch.save(payload, path)
+        return self.config()
+
+    @property
+    def good(self) -> Path:
+        return self.run / "final.pt"
+
+    @property
+    def source(self) -> Path:
+        return self.corpus.path("test", "de")
+
+
+def misaligned(ws: Workspace, split: str) -> str:
+    return "".join(line + "\n" for line in ws.lines(split, "en")[:-1])
+
+
+def invalid_utf8(ws: Workspace, split: str) -> bytes:
+    lines = [line.encode() for line in ws.lines(split, "en")]
+    lines[2] = b"caf\xe9 " + lines[2]  # Latin-1, not UTF-8
+    return b"".join(line + b"\n" for line in lines)
+
+
+def with_long_line(ws: Workspace, split: str, lang: str, at: int) -> str:
+    lines = ws.lines(split, lang)
+    lines[at] = LONG_LINE
+    return "".join(line + "\n" for line in lines)
+
+
+def other_vocabulary(payload: dict) -> None:
+    from nmt.config import SubwordConfig
+    from nmt.data.subword import train_subword
+
+    spm = train_subword([f"wort{i} satz{i % 7}" for i in range(200)], SubwordConfig(vocab_size=50))
+    payload["spm"] = {"src": spm, "tgt": spm}
+
+
+def bad_format(payload: dict) -> None:
+    payload["format"] = 999
+
+
+def other_model(payload: dict) -> None:
+    payload["model"] = {k: v[..., :1] for k, v in payload["model"].items()}
+
+
+# case -> builder(ws) -> (argv, fragments the one error line must contain)
+BAD_INPUT = {
+    # ---- configs (prepare and test read them the same way)
+    "train: config file missing": lambda ws: (
+        ["train", ws.root / "nope.yaml"], ["config file not found", "nope.yaml"]),
+    "train: config not YAML": lambda ws: (
+        ["train", ws.file("c.yaml", "train: [1, 2\nmodel: x\n")], ["c.yaml", "not valid YAML"]),
+    "train: config binary junk": lambda ws: (
+        ["train", ws.file("c.yaml", JUNK)], ["c.yaml", "not valid YAML"]),
+    "train: config unknown key": lambda ws: (
+        ["train", ws.file("c.yaml", "train:\n  lrr: 0.1\n")],
+        ["unknown config key train.lrr", "did you mean train.lr"]),
+    "train: config wrong type": lambda ws: (
+        ["train", ws.file("c.yaml", "train:\n  lr: fast\n")], ["config key train.lr", "expected a number"]),
+    "train: config section not a mapping": lambda ws: (
+        ["train", ws.file("c.yaml", "model: 3\n")], ["config key model", "mapping"]),
+    "train: override unknown key": lambda ws: (
+        ["train", ws.config(), "model.celll=gru"], ["unknown config key model.celll", "model.cell"]),
+    "train: override wrong type": lambda ws: (
+        ["train", ws.config(), "train.max_updates=many"], ["config key train.max_updates", "integer"]),
+    # ---- corpora
+    "train: corpus file missing": lambda ws: (
+        ["train", ws.config(train={"src": str(ws.root / "gone.de"), "tgt": ws.split("train")["tgt"]})],
+        ["file not found", "gone.de"]),
+    "train: corpora misaligned": lambda ws: (
+        ["train", ws.config(train=ws.split("train", en=misaligned(ws, "train")))],
+        ["misaligned corpus", "bad_train.de", "bad_train.en"]),
+    "train: invalid UTF-8": lambda ws: (
+        ["train", ws.config(train=ws.split("train", en=invalid_utf8(ws, "train")))],
+        ["bad_train.en line 3", "invalid UTF-8"]),
+    "train: binary junk corpus": lambda ws: (
+        ["train", ws.config(train=ws.split("train", de=JUNK))], ["bad_train.de line", "invalid UTF-8"]),
+    "train: dev set invalid UTF-8": lambda ws: (
+        ["train", ws.config(valid=ws.split("valid", en=invalid_utf8(ws, "valid")))],
+        ["bad_valid.en line 3", "invalid UTF-8"]),
+    "train: 100,000-character line in the dev set": lambda ws: (
+        ["train", ws.config(valid=ws.split("valid", with_long_line(ws, "valid", "de", 3),
+                                           with_long_line(ws, "valid", "en", 3)))],
+        ["bad_valid.de", "line 4", "more than the 1024"]),
+    "prepare: corpora misaligned": lambda ws: (
+        ["prepare", ws.config(train=ws.split("train", en=misaligned(ws, "train")))],
+        ["misaligned corpus", "bad_train.en"]),
+    "prepare: invalid UTF-8": lambda ws: (
+        ["prepare", ws.config(train=ws.split("train", en=invalid_utf8(ws, "train")))],
+        ["bad_train.en line 3", "invalid UTF-8"]),
+    # ---- checkpoints met by train --resume
+    "train --resume: other vocabulary": lambda ws: (
+        ["train", ws.resumable(), "data.subword.vocab_size=100", "--resume"],
+        ["last.pt: cannot resume", "size mismatch"]),
+    "train --resume: incompatible format": lambda ws: (
+        ["train", ws.resumable(bad_format), "--resume"], ["no usable checkpoint", "checkpoints"]),
+    # ---- translate
+    "translate: checkpoint missing": lambda ws: (
+        ["translate", "-c", ws.root / "nope.pt", "-i", ws.source], ["checkpoint not found", "nope.pt"]),
+    "translate: checkpoint truncated": lambda ws: (
+        ["translate", "-c", ws.truncated("t.pt"), "-i", ws.source], ["t.pt", "truncated or corrupt"]),
+    "translate: checkpoint is junk": lambda ws: (
+        ["translate", "-c", ws.file("j.pt", JUNK), "-i", ws.source], ["j.pt", "not a readable checkpoint"]),
+    "translate: checkpoint vocabulary mismatch": lambda ws: (
+        ["translate", "-c", ws.checkpoint("v.pt", other_vocabulary), "-i", ws.source], ["v.pt", "do not match"]),
+    "translate: incompatible checkpoint format": lambda ws: (
+        ["translate", "-c", ws.checkpoint("f.pt", bad_format), "-i", ws.source], ["f.pt", "format 999"]),
+    "translate: input missing": lambda ws: (
+        ["translate", "-c", ws.good, "-i", ws.root / "in.txt"], ["file not found", "in.txt"]),
+    "translate: input invalid UTF-8": lambda ws: (
+        ["translate", "-c", ws.good, "-i", ws.file("in.txt", invalid_utf8(ws, "test"))],
+        ["in.txt line 3", "invalid UTF-8"]),
+    "translate: input binary junk": lambda ws: (
+        ["translate", "-c", ws.good, "-i", ws.file("in.txt", JUNK)], ["in.txt line", "invalid UTF-8"]),
+    "translate: output folder missing": lambda ws: (
+        ["translate", "-c", ws.good, "-i", ws.source, "-o", ws.root / "no" / "out.txt"],
+        ["out.txt", "does not exist"]),
+    # ---- test
+    "test: checkpoint truncated": lambda ws: (
+        ["test", ws.config(), "-c", ws.truncated("t.pt")], ["t.pt", "truncated or corrupt"]),
+    "test: test set misaligned": lambda ws: (
+        ["test", ws.config(test={"tiny": ws.split("test", en=misaligned(ws, "test"))}), "-c", ws.good],
+        ["misaligned corpus", "bad_test.en"]),
+    # ---- score
+    "score: reference missing": lambda ws: (
+        ["score", "-r", ws.root / "ref.txt", "-i", ws.source], ["file not found", "ref.txt"]),
+    "score: misaligned": lambda ws: (
+        ["score", "-r", ws.corpus.path("train", "en"), "-i", ws.corpus.path("test", "en")], ["misaligned files"]),
+    "score: invalid UTF-8": lambda ws: (
+        ["score", "-r", ws.corpus.path("test", "en"), "-i", ws.file("h.txt", invalid_utf8(ws, "test"))],
+        ["h.txt line 3", "invalid UTF-8"]),
+    "score: empty files": lambda ws: (
+        ["score", "-r", ws.file("r.txt", ""), "-i", ws.file("h.txt", "")], ["nothing to score"]),
+    # ---- average
+    "average: checkpoint missing": lambda ws: (
+        ["average", ws.good, ws.root / "nope.pt", "-o", ws.root / "a.pt"], ["checkpoint not found", "nope.pt"]),
+    "average: checkpoint is junk": lambda ws: (
+        ["average", ws.good, ws.file("j.pt", JUNK), "-o", ws.root / "a.pt"], ["j.pt", "not a readable checkpoint"]),
+    "average: different models": lambda ws: (
+        ["average", ws.good, ws.checkpoint("o.pt", other_model), "-o", ws.root / "a.pt"],
+        ["o.pt", "different models"]),
+    # ---- plot
+    "plot: not an experiment folder": lambda ws: (["plot", ws.root], ["no metrics file"]),
+    "plot: metrics not JSON": lambda ws: (
+        ["plot", ws.file("e/metrics.jsonl", '{"kind": "tr\n').parent], ["metrics.jsonl line 1", "not valid JSON"]),
+    "plot-attention: file missing": lambda ws: (
+        ["plot-attention", ws.root / "a.jsonl", "-o", ws.root / "a.png"], ["alignments file not found"]),
+    "plot-attention: not an alignment": lambda ws: (
+        ["plot-attention", ws.file("a.jsonl", "{}\n"), "-o", ws.root / "a.png"], ["a.jsonl line 1"]),
+}
+
+# Known gaps in modules other developers own; strict xfails, so each one flags its fix when it lands.
+KNOWN_GAPS = {
+    "train: config empty": (
+        lambda ws: (["train", ws.file("c.yaml", "")], ["data.train"]),
+        "nmt/data/corpus.py: 'a corpus split needs exactly one of ...' does not name the split"),
+    "train: empty corpus": (
+        lambda ws: (["train", ws.config(train=ws.split("train", "", ""))], ["bad_train.de"]),
+        "nmt/data/subword.py: 'the training data has no non-empty sentence' names no file"),
+    "train: corpus of empty lines": (
+        lambda ws: (["train", ws.config(train=ws.split("train", "\n" * 50, "\n" * 50))], ["bad_train.de"]),
+        "nmt/data/subword.py: 'the training data has no non-empty sentence' names no file"),
+    "train: corpus of one 100,000-character line": (
+        lambda ws: (["train", ws.config(train=ws.split("train", LONG_LINE + "\n", LONG_LINE + "\n"))],
+                    ["bad_train.de"]),
+        "nmt/data/subword.py: SentencePiece's internal error names no file"),
+    "plot: metrics binary junk": (
+        lambda ws: (["plot", ws.file("e/metrics.jsonl", JUNK[:100].replace(b"\n", b" ")).parent],
+                    ["metrics.jsonl line 1"]),
+        "nmt/plot.py read_metrics: invalid UTF-8 escapes as UnicodeDecodeError (a traceback)"),
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_corpus, tmp_path_factory) -> Path:
+    exp = tmp_path_factory.mktemp("finished") / "exp"
+    raw = tiny_train_dict(tiny_corpus, exp, train={"max_updates": 4})
+    assert train(to_config(raw), run_tests=False) == 0
+    return exp
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_corpus, finished_run, monkeypatch) -> Workspace:
+    monkeypatch.chdir(tmp_path)  # a config without exp_dir writes into ./exp/default
+    return Workspace(tmp_path, tiny_corpus, finished_run)
+
+
+@dataclass
+class Shown:
+    code: int
+    err: str
+
+
+def as_shown(result) -> Shown:
+    """The stderr lines a terminal shows: a progress bar that erased itself with carriage returns (`nmt
+    translate`'s tqdm, leave=False) is not a line."""
+    shown = [line.rsplit("\r", 1)[-1] for line in result.err.split("\n")]
+    return Shown(result.code, "\n".join(line for line in shown if line.strip()))
+
+
+def _run_case(run_cli, argv: list) -> object:
+    if argv[0] == "train" and "--no-test" not in argv:
+        argv = [*argv, "--no-test"]
+    return run_cli(*argv)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_is_one_line_naming_it(workspace, run_cli, user_error, case):
+    argv, fragments = BAD_INPUT[case](workspace)
+    user_error(as_shown(_run_case(run_cli, argv)), *fragments)
+
+
+@pytest.mark.parametrize("case", [pytest.param(name, marks=pytest.mark.xfail(reason=why, strict=True))
+                                  for name, (_, why) in sorted(KNOWN_GAPS.items())])
+def test_bad_input_known_gaps(workspace, run_cli, user_error, case):
+    argv, fragments = KNOWN_GAPS[case][0](workspace)
+    result = as_shown(_run_case(run_cli, argv))
+    user_error(result)  # exit 2, one line, no traceback: this part holds for the data cases already
+    user_error(result, *fragments)
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "{ws}/config.yaml", "train.lr=fast"],
+    ["translate", "-c", "{ws}/junk.pt", "-i", "{ws}/junk.pt"],
+], ids=["train", "translate"])
+def test_a_real_process_prints_one_error_line_and_no_traceback(tmp_path, tiny_corpus, argv):
+    write_yaml(tiny_train_dict(tiny_corpus, tmp_path / "exp"), tmp_path / "config.yaml")
+    (tmp_path / "junk.pt").write_bytes(JUNK)
+    done = run_process([a.format(ws=tmp_path) for a in argv], cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    errors = [line for line in done.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and errors[0].startswith(f"nmt {argv[0]}: error: ")
+
+
+# ----------------------------------------------------------------------------------------------- not errors
+
+
+def test_translate_keeps_empty_and_over_long_lines(workspace, run_cli, caplog):
+    """Empty lines give empty lines; a 100,000-character line is truncated with a warning, never dropped."""
+    caplog.set_level("WARNING")
+    source = workspace.file("in.txt", "\n\n" + LONG_LINE + "\n\n")
+    out = workspace.root / "out.txt"
+    result = run_cli("translate", "-c", workspace.run / "final.pt", "-i", source, "-o", out, "--beam", "1",
+                     "--max-len-b", "3", "--max-len-a", "0", "-q")
+    assert result.code == 0, result.err
+    lines = out.read_text().split("\n")
+    assert len(lines) == 5 and lines[0] == lines[1] == lines[3] == lines[4] == ""  # 4 lines in, 4 out
+    assert "line 3: " in caplog.text and "truncated" in caplog.text
+    empty = workspace.file("empty.txt", "")
+    assert run_cli("translate", "-c", workspace.run / "final.pt", "-i", empty, "-o", out, "-q").code == 0
+    assert out.read_text() == ""
+
+
+def test_a_100000_character_line_in_the_training_data_is_dropped_and_reported(workspace, caplog):
+    train_split = workspace.split("train", with_long_line(workspace, "train", "de", 10),
+                                  with_long_line(workspace, "train", "en", 10))
+    raw = tiny_train_dict(workspace.corpus, workspace.root / "exp", train={"max_updates": 2})
+    raw["data"]["train"] = train_split
+    caplog.set_level("INFO")
+    assert train(to_config(raw), run_tests=False) == 0
+    n = len(workspace.corpus.train)
+    assert f"kept {n - 1} of {n} pairs; dropped 1 longer than 100 subwords" in caplog.text
