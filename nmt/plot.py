@@ -28,8 +28,10 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         raise NMTError(f"no metrics file: {path} (is this an experiment folder written by nmt train?)")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    from nmt.data.corpus import read_lines  # reports invalid UTF-8 with the file and line
+
+    for line_no, line in enumerate(read_lines(path), start=1):
+        if True:
             if not line.strip():
                 continue
             try:

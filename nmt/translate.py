@@ -221,7 +221,8 @@ def translate_file(
     with ExitStack() as stack:
         out: TextIO = (stack.enter_context(_open_output(output_path)) if output_path is not None else sys.stdout)
         align = stack.enter_context(_open_output(alignments_path)) if alignments_path is not None else None
-        bar = stack.enter_context(tqdm(total=total, unit="sent", disable=quiet, file=sys.stderr, leave=False))
+        bar = stack.enter_context(tqdm(total=total, unit="sent", disable=True if quiet else None, file=sys.stderr,
+                                            leave=False))
         for chunk in _chunks(lines, CHUNK_LINES):
             translations = translate_sentences(
                 models, first.src_model, first.tgt_model, chunk, decode, torch_device, torch_dtype,

@@ -369,8 +369,8 @@ BAD_INPUT = {
         ["plot-attention", ws.file("a.jsonl", "{}\n"), "-o", ws.root / "a.png"], ["a.jsonl line 1"]),
 }
 
-# Known gaps in modules other developers own; strict xfails, so each one flags its fix when it lands.
-KNOWN_GAPS = {
+# Bad input whose message must name the data split or file (these were once known gaps).
+NAMED_BAD_INPUT = {
     "train: config empty": (
         lambda ws: (["train", ws.file("c.yaml", "")], ["data.train"]),
         "nmt/data/corpus.py: 'a corpus split needs exactly one of ...' does not name the split"),
@@ -430,10 +430,9 @@ def test_bad_input_is_one_line_naming_it(workspace, run_cli, user_error, case):
     user_error(as_shown(_run_case(run_cli, argv)), *fragments)
 
 
-@pytest.mark.parametrize("case", [pytest.param(name, marks=pytest.mark.xfail(reason=why, strict=True))
-                                  for name, (_, why) in sorted(KNOWN_GAPS.items())])
-def test_bad_input_known_gaps(workspace, run_cli, user_error, case):
-    argv, fragments = KNOWN_GAPS[case][0](workspace)
+@pytest.mark.parametrize("case", sorted(NAMED_BAD_INPUT))
+def test_bad_input_names_the_split_or_file(workspace, run_cli, user_error, case):
+    argv, fragments = NAMED_BAD_INPUT[case][0](workspace)
     result = as_shown(_run_case(run_cli, argv))
     user_error(result)  # exit 2, one line, no traceback: this part holds for the data cases already
     user_error(result, *fragments)

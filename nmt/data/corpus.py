@@ -131,17 +131,18 @@ def _hf_pairs(spec: SplitSpec, src_lang: str, tgt_lang: str) -> Iterator[tuple[s
         yield src.replace("\n", " "), tgt.replace("\n", " ")
 
 
-def iter_pairs(spec: SplitSpec, src_lang: str, tgt_lang: str) -> Iterator[tuple[str, str]]:
+def iter_pairs(spec: SplitSpec, src_lang: str, tgt_lang: str, name: str = "corpus split"
+               ) -> Iterator[tuple[str, str]]:
     """Stream the (source, target) pairs of one split, whatever its form."""
     forms = [name for name, used in (("src/tgt", spec.src or spec.tgt), ("tsv", spec.tsv), ("hf", spec.hf)) if used]
     if len(forms) != 1:
-        raise NMTError(f"a corpus split needs exactly one of src+tgt, tsv or hf; got {forms or 'none'}")
+        raise NMTError(f"{name}: a corpus split needs exactly one of src+tgt, tsv or hf; got {forms or 'none'}")
     if spec.hf:
         return _hf_pairs(spec, src_lang, tgt_lang)
     if spec.tsv:
         return _tsv_pairs(expand_path(spec.tsv, "tsv"), spec.src_column, spec.tgt_column)
     if not (spec.src and spec.tgt):
-        raise NMTError("a text corpus split needs both src and tgt files")
+        raise NMTError(f"{name}: a text corpus split needs both src and tgt files")
     return _aligned_text_pairs(expand_path(spec.src, "src"), expand_path(spec.tgt, "tgt"))
 
 

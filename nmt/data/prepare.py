@@ -51,14 +51,17 @@ def _subword_models(cfg: Config, exp: Path) -> tuple[Subword, Subword]:
         log.info("reusing SentencePiece model(s) in %s", folder)
     else:
         started = time.time()
-        pairs = lambda: iter_pairs(data.train, data.src_lang, data.tgt_lang)  # noqa: E731
+        pairs = lambda: iter_pairs(data.train, data.src_lang, data.tgt_lang, "data.train")  # noqa: E731
         if data.subword.joint:
             sides = [itertools.chain.from_iterable(pairs())]
         else:
             sides = [(s for s, _ in pairs()), (t for _, t in pairs())]
         models = []
         for path, sentences in zip(paths, sides):
-            blob = train_subword(sentences, data.subword)
+            try:
+                blob = train_subword(sentences, data.subword)
+            except NMTError as err:
+                raise NMTError(f"data.train ({describe_split(data.train)}): {err}") from None
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(blob)
             tmp.replace(path)
@@ -82,7 +85,8 @@ def encode_split(
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f"{name}.*.npz"):
         stale.unlink()
-    corpus, report = encode_pairs(iter_pairs(spec, data.src_lang, data.tgt_lang), src_model, tgt_model, cleaning)
+    corpus, report = encode_pairs(iter_pairs(spec, data.src_lang, data.tgt_lang, f"data.{name}"), src_model,
+                                  tgt_model, cleaning)
     if len(corpus) == 0:
         raise NMTError(f"{name} split ({describe_split(spec)}) has no usable sentence pairs ({report})")
     log.info("%s: %s", name, report)
