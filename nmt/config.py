@@ -115,6 +115,7 @@ class TrainConfig:
     valid_every: int = 0  # 0: at the end of every epoch
     valid_bleu: bool = True
     early_stop_patience: int = 0  # validations without a better dev BLEU; 0: never stop early
+    stop_at_bleu: float = 0.0  # stop once dev BLEU reaches this (0: never), e.g. to time a model of known quality
     keep_best: int = 3
     keep_last: int = 1
     average_best: int = 0  # final.pt = average of the best k checkpoints (0 or 1: the best one)

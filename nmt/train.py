@@ -407,6 +407,9 @@ class Trainer:
         else:
             self.progress.bad_validations += 1
         self.keep_best(score)
+        if self.tcfg.stop_at_bleu and self.tcfg.valid_bleu and score >= self.tcfg.stop_at_bleu:
+            log.info("dev BLEU %.2f reached train.stop_at_bleu %.2f: stopping", score, self.tcfg.stop_at_bleu)
+            return True
         patience = self.tcfg.early_stop_patience
         return bool(patience and self.progress.bad_validations >= patience)
 

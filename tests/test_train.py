@@ -404,3 +404,21 @@ def test_two_process_gloo_ddp_matches_one_process(tiny_corpus, tmp_path):
     assert "2 process(es)" in done.stderr
     assert load(double / "checkpoints" / "last.pt")["progress"]["update"] == 8
     assert max_difference(parameters(double), parameters(single)) <= 1e-5
+
+
+def test_stop_at_bleu_ends_the_run_at_the_first_validation_that_reaches_it(tiny_corpus, tmp_path, monkeypatch):
+    from nmt import train as train_module
+
+    bleus = iter([5.0, 12.0, 30.0, 40.0])
+    original = train_module.Trainer.validate
+
+    def fake_bleu(self):  # the real dev loss, a scripted dev BLEU
+        return {**original(self), "bleu": next(bleus)}
+
+    monkeypatch.setattr(train_module.Trainer, "validate", fake_bleu)
+    exp = tmp_path / "exp"
+    raw = tiny_train_dict(tiny_corpus, exp, train={"valid_every": 2, "max_updates": 20, "valid_bleu": True,
+                                                   "stop_at_bleu": 10.0})
+    monkeypatch.setattr(train_module.Trainer, "validate", fake_bleu)
+    assert train(to_config(raw), run_tests=False) == 0
+    assert load(exp / "checkpoints" / "last.pt")["progress"]["update"] == 4
