@@ -112,6 +112,7 @@ class Progress:
     bad_validations: int = 0
     bad_updates: int = 0
     finished: bool = False
+    last_valid_update: int = -1
 
 
 def rng_states() -> dict:
@@ -479,13 +480,14 @@ class Trainer:
                 continue
             break
         bar.close()
-        if not p.best:  # stopped before any validation: validate once so final.pt has a score
+        if p.last_valid_update != p.update:  # stopped by a budget between validations: the last updates count
             self.validate_and_save(None)
         p.finished = True
         self.save(self.ckpt_dir / "last.pt")
 
     def validate_and_save(self, bar: Any) -> bool:
         record = self.validate() if self.ddp.main else {"loss": 0.0}
+        self.progress.last_valid_update = self.progress.update
         stop = self.after_validation(record)
         p = self.progress
         if self.ddp.main:
