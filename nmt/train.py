@@ -433,6 +433,7 @@ class Trainer:
                    disable=None if self.ddp.main else True, mininterval=1.0)
         window_tokens, window_start = 0, time.time()
         loss_avg = math.nan  # stays nan until the first finite loss
+        window_loss = [0.0, 0.0, 0]  # token-weighted sums of loss and nll, and their tokens, since the last log
         stop = False
         while not stop and p.epoch < t.max_epochs and not self.out_of_budget():
             batches = make_batches(src_len, tgt_len, t.max_tokens, seed=t.seed, epoch=p.epoch)
@@ -449,6 +450,8 @@ class Trainer:
                 window_tokens += tokens
                 if math.isfinite(loss):
                     loss_avg = loss if math.isnan(loss_avg) else 0.95 * loss_avg + 0.05 * loss
+                    window_loss = [window_loss[0] + loss * tokens, window_loss[1] + nll * tokens,
+                                   window_loss[2] + tokens]
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.update(1)
                 if p.update % t.log_every == 0 or p.update == 1:
@@ -456,10 +459,15 @@ class Trainer:
                     tok_s = window_tokens / elapsed
                     bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}",
                                     ep=p.epoch + 1, refresh=False)
+                    # The mean over the updates since the last record, so that the curve is not one noisy batch.
+                    mean_loss = window_loss[0] / window_loss[2] if window_loss[2] else math.nan
+                    mean_nll = window_loss[1] / window_loss[2] if window_loss[2] else math.nan
+                    window_loss = [0.0, 0.0, 0]
                     self.log_metrics({"kind": "train", "update": p.update, "epoch": p.epoch + 1,
-                                      "loss": loss, "nll": nll, "ppl": math.exp(min(nll, 50.0)) if
-                                      math.isfinite(nll) else None, "lr": lr, "tok_s": tok_s,
-                                      "tf_ratio": teacher_forcing_ratio(t, p.update)})
+                                      "loss": mean_loss if math.isfinite(mean_loss) else None,
+                                      "nll": mean_nll if math.isfinite(mean_nll) else None,
+                                      "ppl": math.exp(min(mean_nll, 50.0)) if math.isfinite(mean_nll) else None,
+                                      "lr": lr, "tok_s": tok_s, "tf_ratio": teacher_forcing_ratio(t, p.update)})
                     if bar.disable and self.ddp.main:
                         log.info("epoch %d update %d loss %.3f lr %.2e %.0f tok/s", p.epoch + 1, p.update,
                                  loss_avg, lr, tok_s)

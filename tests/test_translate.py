@@ -195,3 +195,33 @@ def test_cli_translate_missing_input_is_a_user_error(checkpoint: Path, tmp_path:
                                                      capsys: pytest.CaptureFixture) -> None:
     assert main(["translate", "-c", str(checkpoint), "-i", str(tmp_path / "nope.txt"), "-q"]) == 2
     assert "nope.txt" in capsys.readouterr().err
+
+
+@functools.lru_cache(maxsize=1)
+def _fuzz_checkpoint() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="nmt-fuzz-"))
+    return make_checkpoint(folder / "model.pt", seed=2)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_translate_fuzz_random_bytes_translate_or_fail_as_a_user_error(data: bytes) -> None:
+    """Any input file either translates (one output line per input line) or is refused with exit 2 and one
+    line (invalid UTF-8), never a traceback."""
+    folder = Path(tempfile.mkdtemp(prefix="nmt-fuzz-in-"))
+    source, out = folder / "in.txt", folder / "out.txt"
+    source.write_bytes(data)
+    err = io.StringIO()
+    stderr, sys.stderr = sys.stderr, err
+    try:
+        code = main(["translate", "-c", str(_fuzz_checkpoint()), "-i", str(source), "-o", str(out), "-q",
+                     "--beam", "2", "--max-len-a", "0", "--max-len-b", "3"])
+    finally:
+        sys.stderr = stderr
+    if code == 0:
+        lines_in = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+        assert out.read_text(encoding="utf-8").count("\n") == lines_in
+    else:
+        assert code == 2
+        errors = [line for line in err.getvalue().splitlines() if line.startswith("nmt translate: error:")]
+        assert len(errors) == 1 and "in.txt" in errors[0]
