@@ -63,9 +63,12 @@ def count_lines(path: str | Path) -> int:
     with open_binary(path) as stream:
         count = 0
         last = b""
-        while chunk := stream.read(1 << 20):
-            count += chunk.count(b"\n")
-            last = chunk
+        try:
+            while chunk := stream.read(1 << 20):
+                count += chunk.count(b"\n")
+                last = chunk
+        except (OSError, EOFError, zlib.error) as err:  # a damaged .gz stream
+            raise NMTError(f"{path} line {count + 1}: cannot read ({err})") from None
         return count + (1 if last and not last.endswith(b"\n") else 0)
 
 
