@@ -25,6 +25,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread per test even when OMP_NUM_THREADS was set otherwise; restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def translate_word(word: str) -> str:
     """The synthetic 'language pair': the target word is the source word reversed, with a suffix."""
     return word[::-1] + "o"

@@ -24,14 +24,6 @@ from nmt.train import train
 from training_fixtures import load, max_difference, tiny_train_dict, to_config, write_yaml
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def run(tiny_corpus, tmp_path_factory) -> Path:
     """A finished 12-update run: checkpoints/last.pt, best_u*.pt (keep_best 2) and final.pt. Read-only."""

@@ -20,15 +20,6 @@ COMBINATIONS = list(itertools.product(CELLS, ATTENTIONS))
 VOCAB = 12  # ids 0-3 are pad/unk/bos/eos, 4-11 are "words"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and this keeps the tests from fighting over a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def model_config(**overrides: object) -> ModelConfig:
     base = dict(emb_dim=16, enc_hidden=16, dec_hidden=32, attention_dim=16, dropout=0.0, emb_dropout=0.0)
     base.update(overrides)

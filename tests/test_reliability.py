@@ -75,14 +75,6 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def reliability_dict(corpus, exp: Path) -> dict:
     """Dropout 0.3 (RNG restoration matters), dev BLEU on (validation decodes), best 2 kept."""
     return tiny_train_dict(corpus, exp, train={"valid_bleu": True})

@@ -28,14 +28,6 @@ from training_fixtures import load, max_difference, run_process, tiny_train_dict
 N_UPDATES = 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_corpus, tmp_path_factory) -> Path:
     """An uninterrupted run of N_UPDATES updates with dropout 0.3 (so that restoring the RNG matters)."""
