@@ -34,6 +34,7 @@ from nmt.data.corpus import describe_split, read_pairs
 from nmt.data.prepare import PreparedData, prepare
 from nmt.data.subword import PAD, Subword
 from nmt.errors import NMTError
+from nmt.loss import sequence_loss
 from nmt.model.seq2seq import Seq2Seq, build_model
 from nmt.precision import autocast, cpu_kind, dtype_name, resolve_device, resolve_dtype
 
@@ -77,23 +78,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
 
-
-def sequence_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> tuple[torch.Tensor,
-                                                                                                  torch.Tensor]:
-    """Summed label-smoothed cross-entropy and summed plain NLL (for perplexity), padding ignored.
-
-    logits: (..., vocab); target: (...) matching. Computed in fp32 whatever the autocast dtype.
-    """
-    log_probs = torch.log_softmax(logits.reshape(-1, logits.size(-1)).float(), dim=-1)  # (tokens, vocab)
-    flat_target = target.reshape(-1)
-    real = flat_target != PAD
-    nll = -log_probs.gather(1, flat_target.unsqueeze(1)).squeeze(1).masked_fill(~real, 0.0).sum()
-    if label_smoothing == 0.0:
-        return nll, nll.detach()
-    # One log-softmax serves both terms: smoothing spreads label_smoothing uniformly over the vocabulary.
-    uniform = -log_probs.mean(dim=-1).masked_fill(~real, 0.0).sum()
-    loss = (1.0 - label_smoothing) * nll + label_smoothing * uniform
-    return loss, nll.detach()
 
 # ----------------------------------------------------------------------------------------------- state
 
