@@ -194,6 +194,19 @@ def test_all_tying_shares_one_matrix_and_stays_tied_through_training_and_loading
     assert torch.equal(fresh.output.weight, model.output.weight)
 
 
+@pytest.mark.parametrize("cell,bridge", [("gru", "zero"), ("lstm", "zero"), ("gru", "mean")])
+def test_without_attention_every_step_sees_the_source_summary(cell: str, bridge: str):
+    """Cho et al. (2014): without attention the source summary is an input of every step, so even a decoder
+    whose first state is zero translates from the source, and so does a step long after the first."""
+    model = make_model(cell=cell, attention="none", bridge=bridge).eval()
+    sources = random_sequences(2, seed=21, min_len=4)
+    src, lengths, tgt_in, _ = batch_of(sources, random_sequences(2, seed=22, min_len=5, max_len=5))
+    same_target = tgt_in[:1].expand(2, -1)  # both sentences get the first one's target prefix
+    logits = model(src, lengths, same_target)  # (2, tgt_len, vocab)
+    for step in (0, same_target.size(1) - 1):
+        assert not torch.allclose(logits[0, step], logits[1, step], atol=1e-4)
+
+
 def test_all_tying_needs_a_joint_vocabulary():
     with pytest.raises(NMTError, match="tie_embeddings"):
         build_model(model_config(tie_embeddings="all"), VOCAB, VOCAB + 1, False)

@@ -8,7 +8,8 @@
 #   overrides go to nmt train, e.g. train.max_epochs=2 exp_dir=exp/toy_reverse/try
 #
 # Stages (each logs what it does and skips work already done):
-#   0  make_data.py: 20,000/500/1,000 train/valid/test sequences (seed 1) into exp/toy_reverse/data
+#   0  make_data.py: 20,000/500/1,000 train/valid/test sequences (seed 1), and 100,000 in train_large for
+#      conf/gru_none.yaml (seed 2), into exp/toy_reverse/data
 #   1  nmt train (which tests at the end: EXP/results.json); --resume when EXP holds a checkpoint; then print
 #      the test set's exact match (the fraction of sequences reversed without a single error) and BLEU
 set -euo pipefail
@@ -26,7 +27,8 @@ data_dir=exp/toy_reverse/data
 
 if stage_on 0; then
   log "stage 0: data into $data_dir"
-  if [ -f "$data_dir/train.src" ] && [ -f "$data_dir/valid.src" ] && [ -f "$data_dir/test.tgt" ]; then
+  if [ -f "$data_dir/train.src" ] && [ -f "$data_dir/valid.src" ] && [ -f "$data_dir/test.tgt" ] \
+     && [ -f "$data_dir/train_large.tgt" ]; then
     log "$data_dir already holds the data"
   else
     "$PYTHON" recipes/toy_reverse/make_data.py "$data_dir"
