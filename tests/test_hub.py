@@ -11,7 +11,6 @@ import pytest
 import nmt
 from nmt.cli import main
 from translation_fixtures import make_checkpoint, synthetic_sentences
-from translation_fixtures import single_thread  # noqa: F401 (an autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from nmt.data.subword import BOS, EOS, PAD
 from nmt.errors import NMTError
 from nmt.search import beam_search, greedy_search, sample, translate_batch
 from translation_fixtures import tiny_model
-from translation_fixtures import single_thread  # noqa: F401 (an autouse fixture)
+
 
 VARIANTS = [
     dict(cell="gru", attention="bahdanau"),

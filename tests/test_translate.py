@@ -21,7 +21,7 @@ from nmt.cli import main
 from nmt.config import DecodeConfig
 from nmt.translate import Translation, translate_sentences
 from translation_fixtures import make_checkpoint, synthetic_sentences, tiny_spm
-from translation_fixtures import single_thread  # noqa: F401 (an autouse fixture)
+
 
 POOL = synthetic_sentences(12, seed=3) + ["", "   ", "ka"]
 DECODE = DecodeConfig(beam=3, max_len_a=1.0, max_len_b=3)

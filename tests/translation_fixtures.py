@@ -9,7 +9,6 @@ import functools
 import random
 from pathlib import Path
 
-import pytest
 import torch
 
 from nmt import CHECKPOINT_FORMAT
@@ -17,16 +16,6 @@ from nmt.checkpoint import save_atomic
 from nmt.config import Config, DecodeConfig, ModelConfig, SubwordConfig, to_dict
 from nmt.data.subword import Subword, train_subword
 from nmt.model.seq2seq import Seq2Seq, build_model
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():  # noqa: ANN201
-    """Tiny models run fastest on one thread: on a busy shared CPU, intra-op threads mostly wait for each other
-    (a 300x32 matrix product takes 0.02 ms on one thread and over 10 ms on two). Restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 SYLLABLES = ["ka", "lo", "mi", "nu", "pe", "ri", "so", "ta", "ve", "zu", "ä", "ö"]
 

@@ -41,7 +41,6 @@ def tiny_checkpoint(path: Path, corpus: list[str]) -> None:
     from nmt.checkpoint import save_atomic
     from nmt.config import Config, DecodeConfig, ModelConfig, SubwordConfig, to_dict
     from nmt.data.subword import Subword, train_subword
-
     from nmt.model.seq2seq import build_model
 
     spm = train_subword(corpus, SubwordConfig(vocab_size=256))
