@@ -80,6 +80,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
+def stored_config(payload: dict) -> dict:
+    """The config a checkpoint was trained with, completed with the behaviour of the version that wrote it.
+
+    Options added after a checkpoint was written must not change what it computes: a model saved before
+    `model.scale_embeddings` existed was trained without the scale, whatever today's default is.
+    """
+    config = dict(payload["config"])
+    if isinstance(config.get("model"), dict):
+        config["model"] = {"scale_embeddings": False, **config["model"]}
+    return config
+
+
 @dataclass
 class Translator:
     """What translation needs, rebuilt from one checkpoint."""
@@ -96,7 +108,7 @@ def model_from_checkpoint(payload: dict, path: str = "checkpoint") -> Translator
     if "config" not in payload or not isinstance(spm_models, dict) or not {"src", "tgt"} <= spm_models.keys():
         raise NMTError(f"{path}: not a complete nmt checkpoint (no config or SentencePiece models)")
     try:
-        config = config_from_dict(payload["config"])
+        config = config_from_dict(stored_config(payload))
     except NMTError as err:
         raise NMTError(f"{path}: stored config is invalid ({err})") from None
     try:

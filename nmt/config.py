@@ -83,6 +83,9 @@ class ModelConfig:
     emb_dropout: float = 0.3
     # none: separate matrices; decoder: decoder input with output; all: also the encoder (joint vocab only).
     tie_embeddings: Literal["none", "decoder", "all"] = "none"
+    # Multiply embedding lookups by sqrt(emb_dim) (Vaswani et al., 2017): see nmt/model/seq2seq.py. False is the
+    # behaviour of checkpoints made before this option existed.
+    scale_embeddings: bool = True
 
 
 @dataclass

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import nmt
-from nmt.checkpoint import average_checkpoints, load_checkpoint, model_from_checkpoint, save_atomic
+from nmt.checkpoint import average_checkpoints, load_checkpoint, model_from_checkpoint, save_atomic, stored_config
 from nmt.config import Config, DecodeConfig, TrainConfig, save_config, to_dict
 from nmt.data.batching import make_batches, shard
 from nmt.data.cache import EncodedCorpus
@@ -251,6 +251,10 @@ class Trainer:
                 continue
             if i > 0:
                 log.warning("resuming from %s, the newest good checkpoint", path)
+            saved_scale = stored_config(payload).get("model", {}).get("scale_embeddings")
+            if saved_scale is not None and saved_scale != self.cfg.model.scale_embeddings:
+                raise NMTError(f"{path}: trained with model.scale_embeddings: {str(saved_scale).lower()}; set it "
+                               "in the config to resume this run")
             try:
                 self.restore(payload)
             except (RuntimeError, ValueError, KeyError) as err:  # e.g. resumed with another model config

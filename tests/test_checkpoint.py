@@ -265,3 +265,30 @@ def test_weights_that_do_not_match_the_checkpoint_s_vocabulary_are_refused(run, 
     with pytest.raises(NMTError) as err:
         load_translator(path)
     assert str(err.value).startswith(f"{path}: ") and expected in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------- older checkpoints
+
+
+def test_a_checkpoint_from_before_scaled_embeddings_keeps_computing_what_it_was_trained_to(run, tmp_path):
+    payload = load(run / "final.pt")
+    assert payload["config"]["model"]["scale_embeddings"] is True  # today's default
+    emb_dim = payload["config"]["model"]["emb_dim"]
+    assert load_translator(run / "final.pt").model.encoder.emb_scale == emb_dim ** 0.5
+    del payload["config"]["model"]["scale_embeddings"]  # as written before the option existed
+    old = tmp_path / "old.pt"
+    save_atomic(payload, old)
+    translator = load_translator(old)
+    assert translator.config.model.scale_embeddings is False
+    assert translator.model.encoder.emb_scale == translator.model.decoder.emb_scale == 1.0
+
+
+def test_resuming_with_the_other_embedding_scale_is_refused_naming_the_key(run, tiny_corpus, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(run, exp)
+    (exp / "final.pt").unlink()
+    before = (exp / "checkpoints" / "last.pt").read_bytes()
+    config = to_config(tiny_train_dict(tiny_corpus, exp, model={"scale_embeddings": False}))
+    with pytest.raises(NMTError, match=r"last\.pt: trained with model\.scale_embeddings: true; set it"):
+        train(config, resume=True, run_tests=False)
+    assert (exp / "checkpoints" / "last.pt").read_bytes() == before

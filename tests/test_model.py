@@ -194,6 +194,35 @@ def test_all_tying_shares_one_matrix_and_stays_tied_through_training_and_loading
     assert torch.equal(fresh.output.weight, model.output.weight)
 
 
+def test_scaled_embeddings_equal_an_unscaled_model_with_sqrt_dim_larger_embeddings():
+    """`scale_embeddings` multiplies what the recurrent layers read, and nothing else: a scaled model computes
+    what an unscaled one with the same weights and sqrt(emb_dim)-times larger input embeddings computes."""
+    scaled = make_model(scale_embeddings=True).eval()
+    unscaled = make_model(seed=1, scale_embeddings=False).eval()
+    unscaled.load_state_dict(scaled.state_dict())
+    src, lengths, tgt_in, _ = batch_of(random_sequences(3, seed=31), random_sequences(3, seed=32))
+    assert not torch.allclose(scaled(src, lengths, tgt_in), unscaled(src, lengths, tgt_in))
+    with torch.no_grad():
+        for embedding in (unscaled.encoder.embedding, unscaled.decoder.embedding):
+            embedding.weight.mul_(model_config().emb_dim ** 0.5)
+    assert torch.allclose(scaled(src, lengths, tgt_in), unscaled(src, lengths, tgt_in), atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_embeddings_start_at_the_output_layers_scale(scale: bool):
+    """Embeddings start as N(0, 1/emb_dim); with scale_embeddings an untied output layer starts at the same
+    scale (std 1/sqrt(its input size)), without it xavier's, as checkpoints from before the option had."""
+    model = make_model(emb_dim=64, dec_hidden=256, scale_embeddings=scale, seed=3)
+    torch.manual_seed(3)
+    big = build_model(model_config(emb_dim=64, dec_hidden=256, scale_embeddings=scale), 2000, 2000, True)
+    embedding_std = big.encoder.embedding.weight[1:].std().item()
+    assert abs(embedding_std - 64 ** -0.5) < 0.01
+    output_std = big.output.weight.std().item()
+    expected = 256 ** -0.5 if scale else (2 / (256 + 2000)) ** 0.5
+    assert abs(output_std - expected) < 0.1 * expected
+    assert model.encoder.emb_scale == (8.0 if scale else 1.0)
+
+
 @pytest.mark.parametrize("cell,bridge", [("gru", "zero"), ("lstm", "zero"), ("gru", "mean")])
 def test_without_attention_every_step_sees_the_source_summary(cell: str, bridge: str):
     """Cho et al. (2014): without attention the source summary is an input of every step, so even a decoder

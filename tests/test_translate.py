@@ -130,7 +130,7 @@ def test_cli_translate_stdin_to_stdout(checkpoint: Path, input_file: Path, tmp_p
     expected = run_translate(checkpoint, input_file, tmp_path / "out.txt")
     capsys.readouterr()
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(input_file.read_bytes()), encoding="utf-8"))
-    assert main(["translate", "-c", str(checkpoint), "-q", "--device", "cpu"]) == 0
+    assert main(["translate", "-c", str(checkpoint), "-q", "--device", "cpu", "--dtype", "fp32"]) == 0
     assert capsys.readouterr().out.split("\n")[:-1] == expected
 
 

@@ -75,9 +75,11 @@ class Decoder(nn.Module):
         bridge: str,
         dropout: float,
         emb_dropout: float,
+        emb_scale: float = 1.0,
     ):
         super().__init__()
         self.embedding = embedding
+        self.emb_scale = emb_scale
         self.cell_type = cell
         self.hidden_size = hidden
         self.layers = layers
@@ -140,7 +142,7 @@ class Decoder(nn.Module):
         For teacher forcing this runs once over (batch, tgt_len): one embedding lookup (and one embedding
         backward, instead of a dense vocabulary-sized gradient per step) and one large product.
         """
-        embedded = self.emb_dropout(self.embedding(tokens))
+        embedded = self.emb_dropout(self.embedding(tokens) * self.emb_scale)
         return F.linear(embedded, weights.emb_in, weights.bias_in[0])
 
     def _cell(self, gates_in: torch.Tensor, gates_hidden: torch.Tensor, hidden: torch.Tensor,

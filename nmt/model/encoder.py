@@ -21,9 +21,11 @@ class EncoderOutput:
 
 
 class Encoder(nn.Module):
-    def __init__(self, embedding: nn.Embedding, hidden: int, layers: int, dropout: float, emb_dropout: float):
+    def __init__(self, embedding: nn.Embedding, hidden: int, layers: int, dropout: float, emb_dropout: float,
+                 emb_scale: float = 1.0):
         super().__init__()
         self.embedding = embedding
+        self.emb_scale = emb_scale
         self.emb_dropout = nn.Dropout(emb_dropout)
         self.rnn = nn.LSTM(embedding.embedding_dim, hidden, num_layers=layers, batch_first=True,
                            bidirectional=True, dropout=dropout if layers > 1 else 0.0)
@@ -32,7 +34,7 @@ class Encoder(nn.Module):
 
     def forward(self, src: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         """src: (batch, src_len) ids; lengths: (batch,) on the CPU."""
-        embedded = self.emb_dropout(self.embedding(src))  # (batch, src_len, emb)
+        embedded = self.emb_dropout(self.embedding(src) * self.emb_scale)  # (batch, src_len, emb)
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, (h, _) = self.rnn(packed)
         states, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
