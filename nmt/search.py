@@ -172,10 +172,12 @@ def _restrict(log_probs: torch.Tensor, step: int, min_len: int, row_max_len: tor
     log_probs[:, BOS] = -math.inf
     if step < min_len:
         log_probs[:, EOS] = -math.inf
-    forced = (step >= row_max_len).unsqueeze(1)  # (rows, 1)
-    eos = log_probs[:, EOS].clone()
-    log_probs.masked_fill_(forced, -math.inf)
-    log_probs[:, EOS] = torch.where(forced.squeeze(1), eos, log_probs[:, EOS])
+    forced = step >= row_max_len  # (rows,)
+    if bool(forced.any()):  # most steps force no row: spare them a pass over (rows, vocab)
+        rows = forced.nonzero().squeeze(1)
+        eos = log_probs[rows, EOS]
+        log_probs[rows] = -math.inf
+        log_probs[rows, EOS] = eos
     return log_probs
 
 

@@ -86,8 +86,10 @@ class Seq2Seq(nn.Module):
         if tf_ratio >= 1.0:
             gates_in = self.decoder.embed(tgt_in, weights)  # (batch, tgt_len, gates * hidden)
             outputs = []
-            for t in range(steps):
-                out, state, _ = self.decoder.step_from_input(gates_in[:, t], state, enc, keys, weights)
+            # unbind, not gates_in[:, t]: its backward is one stack, where indexing gives every step's gradient
+            # a zero-filled buffer of the whole (batch, tgt_len, gates * hidden) tensor, summed step by step.
+            for step_in in gates_in.unbind(1):
+                out, state, _ = self.decoder.step_from_input(step_in, state, enc, keys, weights)
                 outputs.append(out)
             stacked = torch.stack(outputs, dim=1)  # (batch, tgt_len, output_size)
             # One large vocabulary projection over all steps: most of the model's FLOPs.
