@@ -794,6 +794,7 @@ def worker_joey_decode(spec: dict) -> dict:
 
     _set_threads(spec["threads"])
     cfg = load_config(Path(spec["config"]))
+    cfg["data"]["test"] = spec["test_prefix"]  # the model's config names the test set of the run that trained it
     cfg["testing"]["load_model"] = spec["checkpoint"]
     args = parse_global_args(cfg, rank=0, mode="test")
     model, _, _, test_data = prepare(args, rank=0, mode="test")
@@ -887,7 +888,9 @@ def train_models(s: Settings, data: Data, dtypes: list[str], peer_python: Path |
             log.info("reusing our %s model in %s", dtype, exp)
         models[dtype] = json.loads(done.read_text())
     if peer_python is not None:
-        recipe = joey_config(s, data, Path("."), peer_batch_size, cap, valid_every)
+        # What is decoded later does not change the model: the identity names the whole test set, so that
+        # --quick (500 test sentences) reuses the full run's model.
+        recipe = joey_config(s, data, Path("."), peer_batch_size, cap, valid_every, data.plain / "test2016")
         del recipe["use_cuda"]
         identity = {"system": "joey", **rule, "config": recipe}
         model_dir = s.cache / "models" / f"joey-{_stable_hash(identity)}"
@@ -1039,7 +1042,8 @@ def measure_decoding(s: Settings, machine: Machine, data: Data, dims: ModelDims,
     if peer_python is not None:
         runs["peer"] = run_worker(peer_python, "joey_decode",
                                   {"config": models["peer"]["config"], "checkpoint": models["peer"]["checkpoint"],
-                                   "warmup_prefix": str(warm_prefix), **spec}, s.cache / "runs", s.threads)
+                                   "warmup_prefix": str(warm_prefix), "test_prefix": str(data.test_prefix), **spec},
+                                  s.cache / "runs", s.threads)
     print(f"decoding {data.test_prefix.name} ({len(refs)} sentences; reference mean length "
           f"{_mean_words(refs):.1f} words; batches of {s.decode_batch_tokens} tokens):")
     figures: dict[str, dict] = {}
