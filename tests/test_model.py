@@ -212,7 +212,6 @@ def test_scaled_embeddings_equal_an_unscaled_model_with_sqrt_dim_larger_embeddin
 def test_embeddings_start_at_the_output_layers_scale(scale: bool):
     """Embeddings start as N(0, 1/emb_dim); with scale_embeddings an untied output layer starts at the same
     scale (std 1/sqrt(its input size)), without it xavier's, as checkpoints from before the option had."""
-    model = make_model(emb_dim=64, dec_hidden=256, scale_embeddings=scale, seed=3)
     torch.manual_seed(3)
     big = build_model(model_config(emb_dim=64, dec_hidden=256, scale_embeddings=scale), 2000, 2000, True)
     embedding_std = big.encoder.embedding.weight[1:].std().item()
@@ -220,7 +219,7 @@ def test_embeddings_start_at_the_output_layers_scale(scale: bool):
     output_std = big.output.weight.std().item()
     expected = 256 ** -0.5 if scale else (2 / (256 + 2000)) ** 0.5
     assert abs(output_std - expected) < 0.1 * expected
-    assert model.encoder.emb_scale == (8.0 if scale else 1.0)
+    assert big.encoder.emb_scale == big.decoder.emb_scale == (8.0 if scale else 1.0)
 
 
 @pytest.mark.parametrize("cell,bridge", [("gru", "zero"), ("lstm", "zero"), ("gru", "mean")])
