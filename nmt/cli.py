@@ -7,12 +7,15 @@ Each subcommand parses its options, calls one library function and prints the re
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from nmt.errors import NMTError
+from nmt.outputs import StdoutError, flush_stdout
 
 log = logging.getLogger("nmt")
 
@@ -24,6 +27,21 @@ def _setup_logging(verbose: bool) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+
+
+def _count(minimum: int):  # -> a type for argparse
+    """An integer option of at least `minimum`: argparse names the option in its one-line error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_test(args: argparse.Namespace) -> int:
     from nmt.config import load_config
-    from nmt.train import evaluate_tests
+    from nmt.evaluate import evaluate_tests
 
     cfg = load_config(args.config, args.overrides)
     results = evaluate_tests(cfg, args.checkpoint)
@@ -68,35 +86,29 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_average(args: argparse.Namespace) -> int:
     from nmt.checkpoint import average_checkpoints, save_atomic
+    from nmt.outputs import check_outputs, check_writable
 
+    check_outputs([args.output], args.inputs)
+    check_writable(args.output)
     save_atomic(average_checkpoints(args.inputs), args.output)
     print(f"averaged {len(args.inputs)} checkpoints into {args.output}")
     return 0
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    from nmt.translate import translate_file
+    import torch
 
-    translate_file(
-        checkpoints=args.checkpoint,
-        input_path=args.input,
-        output_path=args.output,
-        beam=args.beam,
-        nbest=args.nbest,
-        alpha=args.alpha,
-        max_len_a=args.max_len_a,
-        max_len_b=args.max_len_b,
-        device=args.device,
-        dtype=args.dtype,
-        batch_tokens=args.batch_tokens,
-        alignments_path=args.alignments,
-        sampling_temperature=args.temperature,
-        sampling_topk=args.topk,
-        seed=args.seed,
-        quiet=args.quiet,
-        greedy_floor=True if args.greedy_floor else None,
-        threads=args.threads,
-    )
+    from nmt.translate import translate_file
+    from nmt.translator import Translator
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    translator = Translator.load(
+        args.checkpoint, args.device, args.dtype, style="cli", beam=args.beam, nbest=args.nbest, alpha=args.alpha,
+        max_len_a=args.max_len_a, max_len_b=args.max_len_b, batch_tokens=args.batch_tokens,
+        greedy_floor=True if args.greedy_floor else None, temperature=args.temperature, topk=args.topk,
+        seed=args.seed)
+    translate_file(translator, args.input, args.output, args.alignments, args.quiet, args.buffer_lines)
     return 0
 
 
@@ -195,7 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="random seed for sampling")
     p.add_argument("--greedy-floor", action="store_true",
                    help="also run greedy search and keep its translation where it scores higher than the beam's")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_count(0), default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("--buffer-lines", type=_count(1), default=10_000,
+                   help="translate at most N lines at a time (default 10000); a pipe that pauses is translated "
+                   "at once, so lines typed one at a time come back one at a time")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or speed line")
     p.set_defaults(func=cmd_translate)
 
@@ -237,13 +252,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _discard_stdout() -> None:
+    """After stdout failed (a closed pipe, a full disk), send what is still buffered to /dev/null, so that the
+    interpreter's last flush does not print a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        return args.func(args)
+        code = args.func(args)
+        flush_stdout()
+        return code
     except NMTError as err:
+        if isinstance(err, StdoutError):
+            _discard_stdout()
         one_line = "\\n".join(str(err).splitlines())  # a file name may contain a line break
         print(f"nmt {args.command}: error: {one_line}", file=sys.stderr)
         return 2
@@ -251,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nmt {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        _discard_stdout()
         return 0
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from nmt.data.subword import PAD
+from nmt.tokens import PAD
 
 
 class _SmoothedCrossEntropy(torch.autograd.Function):

@@ -54,6 +54,11 @@ def cpu_kind() -> str:
     return f"{cpu_name()}, {capability}, {bf16}"
 
 
+def describe_device(device: torch.device) -> str:
+    """The hardware behind `device`, for every printed figure: the CPU kind, or the GPU's name."""
+    return cpu_kind() if device.type == "cpu" else torch.cuda.get_device_name(device)
+
+
 def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -6,6 +6,10 @@ next hypotheses, and `index_select` reorders the decoder states. A hypothesis th
 sentence's list of finished hypotheses; a sentence is done once it has `beam` finished hypotheses (or reaches
 its maximum length), and done sentences leave the batch so no compute is spent on them.
 
+Options are bound once: a `Search` is built from a `DecodeConfig` (as fairseq's `SequenceGenerator` takes its
+options in its constructor) and `generate` takes only data. Adding a decoding option touches the config, the
+search and the command-line flag, nothing in between.
+
 Scores. The model score of a hypothesis is the sum of its token log-probabilities, EOS included. Ranking uses
 `log_prob / lp(length) + cp`, where length counts EOS, `lp` is 1 (`none`), `length ** alpha` (`average`) or
 `((5 + length) / 6) ** alpha` (`gnmt`, Wu et al. 2016), and `cp` is the GNMT coverage penalty
@@ -20,16 +24,15 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 
-from nmt.config import DecodeConfig
-from nmt.data.subword import BOS, EOS, PAD
+from nmt.config import DecodeConfig, check_bounds, check_decode
 from nmt.errors import NMTError
 from nmt.model.decoder import DecoderState, StepWeights
 from nmt.model.encoder import EncoderOutput
 from nmt.model.seq2seq import Seq2Seq
+from nmt.tokens import BOS, EOS, MAX_LINE_SUBWORDS, PAD
 
 LENGTH_PENALTIES = ("none", "average", "gnmt")
 
@@ -44,11 +47,14 @@ class Hypothesis:
     attention: torch.Tensor | None = None  # (len(tokens) + 1, src_len) on the CPU; the last row is EOS's
 
 
-def options_from_config(decode: DecodeConfig) -> dict[str, Any]:
-    """The keyword arguments of `translate_batch` that a config's decode section sets."""
-    return dict(beam=decode.beam, nbest=decode.nbest, alpha=decode.alpha, length_penalty=decode.length_penalty,
-                coverage_penalty=decode.coverage_penalty, max_len_a=decode.max_len_a, max_len_b=decode.max_len_b,
-                min_len=decode.min_len, greedy_floor=decode.greedy_floor)
+@dataclass
+class SearchStats:
+    """What a search computed, for FLOP counts: decoder steps, hypothesis rows summed over the steps (one
+    hypothesis token each), and the real source positions those rows attended to."""
+
+    steps: int = 0
+    rows: int = 0
+    row_src_positions: int = 0
 
 
 @contextmanager
@@ -64,17 +70,6 @@ def _eval_mode(models: list[Seq2Seq]) -> Iterator[None]:
             m.train(mode)
 
 
-def _searching(fn: Callable) -> Callable:
-    """Run a search function in inference mode with its models in eval mode."""
-
-    @functools.wraps(fn)
-    def wrapper(models: list[Seq2Seq], *args: Any, **kwargs: Any) -> Any:
-        with torch.inference_mode(), _eval_mode(models):
-            return fn(models, *args, **kwargs)
-
-    return wrapper
-
-
 class Ensemble:
     """Several models decoding in lockstep over the same rows; each keeps its own encoder output and state.
 
@@ -83,13 +78,15 @@ class Ensemble:
     that have attention.
     """
 
-    def __init__(self, models: list[Seq2Seq], src: torch.Tensor, src_lengths: torch.Tensor, coverage: bool):
+    def __init__(self, models: list[Seq2Seq], src: torch.Tensor, src_lengths: torch.Tensor, coverage: bool,
+                 stats: SearchStats):
         if not models:
             raise ValueError("an ensemble needs at least one model")
         vocabularies = {m.tgt_vocab for m in models}
         if len(vocabularies) != 1:
             raise NMTError(f"ensemble models have different target vocabulary sizes: {sorted(vocabularies)}")
         self.models = models
+        self.stats = stats
         self.vocab_size = models[0].tgt_vocab
         self.has_attention = any(m.decoder.attention is not None for m in models)
         self.encs: list[EncoderOutput] = []
@@ -112,6 +109,9 @@ class Ensemble:
 
     def step(self, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """prev: (rows,) -> log-probabilities (rows, vocab) float32, attention (rows, src_len) float32 or None."""
+        self.stats.steps += 1
+        self.stats.rows += prev.numel()
+        self.stats.row_src_positions += int(self.src_mask.sum())
         log_probs, attentions = [], []
         for i, model in enumerate(self.models):
             lp, self.states[i], attn = model.step(prev, self.states[i], self.encs[i], self.keys[i], self.weights[i])
@@ -140,9 +140,11 @@ class Ensemble:
 
 
 def max_lengths(src_lengths: torch.Tensor, a: float, b: int, min_len: int) -> torch.Tensor:
-    """(batch,) longest output (without EOS) per sentence: a * |src| + b, where |src| counts the source's EOS;
-    never below min_len, so that the forced EOS at the maximum never contradicts the minimum."""
-    return (a * src_lengths.double() + b).floor().long().clamp(min=max(min_len, 0))
+    """(batch,) longest output (without EOS) per sentence: a * |src| + b, where |src| counts the source's EOS,
+    at most `MAX_LINE_SUBWORDS` (a search's time grows with it) and never below min_len, so that the forced EOS
+    at the maximum never contradicts the minimum."""
+    limit = (a * src_lengths.double() + b).floor().long().clamp(max=MAX_LINE_SUBWORDS)
+    return limit.clamp(min=max(min_len, 0))
 
 
 def length_divisor(lengths: torch.Tensor, kind: str, alpha: float) -> torch.Tensor:
@@ -184,11 +186,10 @@ def _restrict(log_probs: torch.Tensor, step: int, min_len: int, row_max_len: tor
 class _Finisher:
     """Turns finished rows into `Hypothesis` objects, each in its sentence's list."""
 
-    def __init__(self, batch: int, src_lengths: torch.Tensor, alpha: float, kind: str, beta: float,
-                 with_attention: bool):
+    def __init__(self, batch: int, src_lengths: torch.Tensor, decode: DecodeConfig, with_attention: bool):
         self.hyps: list[list[Hypothesis]] = [[] for _ in range(batch)]
         self.src_lengths = src_lengths.tolist()
-        self.alpha, self.kind, self.beta = alpha, kind, beta
+        self.alpha, self.kind, self.beta = decode.alpha, decode.length_penalty, decode.coverage_penalty
         self.with_attention = with_attention
 
     def add(self, sentences: torch.Tensor, log_probs: torch.Tensor, tokens: torch.Tensor,
@@ -209,251 +210,204 @@ class _Finisher:
         return [sorted(h, key=lambda x: -x.score)[:nbest] for h in self.hyps]
 
 
-@_searching
-def beam_search(
-    models: list[Seq2Seq],
-    src: torch.Tensor,
-    src_lengths: torch.Tensor,
-    beam: int,
-    nbest: int = 1,
-    alpha: float = 1.0,
-    length_penalty: str = "average",
-    coverage_penalty: float = 0.0,
-    max_len_a: float = 1.5,
-    max_len_b: int = 10,
-    min_len: int = 1,
-    with_attention: bool = False,
-) -> list[list[Hypothesis]]:
-    """Beam search over a batch: src (batch, src_len), src_lengths (batch,) -> `nbest` hypotheses per sentence,
-    best first. Works for any beam >= 1 (`greedy_search` is the faster path for beam 1)."""
-    device = src.device
-    batch, k = src.size(0), beam
-    ens = Ensemble(models, src, src_lengths, coverage=coverage_penalty > 0)
-    vocab = ens.vocab_size
-    finisher = _Finisher(batch, src_lengths, alpha, length_penalty, coverage_penalty, with_attention)
+def _searching(method: Callable) -> Callable:
+    """Run a search method in inference mode, with its models in eval mode; an empty batch gives []."""
 
-    ens.reorder(torch.arange(batch, device=device).repeat_interleave(k), encoder=True)
-    sent_ids = torch.arange(batch, device=device)  # (live,) original index of each live sentence
-    sent_max = max_lengths(src_lengths, max_len_a, max_len_b, min_len).to(device)  # (live,)
-    n_finished = torch.zeros(batch, dtype=torch.long, device=device)  # (live,)
-    # All beams of a sentence start identical: only beam 0 may expand at the first step.
-    scores = torch.full((batch, k), -math.inf, device=device)
-    scores[:, 0] = 0.0
-    scores = scores.view(-1)  # (live * k,) model scores of the live hypotheses
-    tokens = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # (live * k, step)
-    history = torch.empty(batch * k, 0, src.size(1), device=device) \
-        if with_attention and ens.has_attention else None
-    prev = torch.full((batch * k,), BOS, dtype=torch.long, device=device)
+    @functools.wraps(method)
+    def wrapper(self: Search, models: list[Seq2Seq], src: torch.Tensor, *args: object, **kwargs: object) -> object:
+        if src.size(0) == 0:
+            return []
+        with torch.inference_mode(), _eval_mode(models):
+            return method(self, models, src, *args, **kwargs)
 
-    for step in range(int(sent_max.max()) + 1 if batch else 0):
-        live = sent_ids.numel()
-        log_probs, attn = ens.step(prev)  # (live * k, vocab), (live * k, src_len)
-        _restrict(log_probs, step, min_len, sent_max.repeat_interleave(k))
-        if history is not None:
-            history = torch.cat([history, attn.unsqueeze(1)], dim=1)  # (live * k, step + 1, src_len)
-
-        # Two candidates per beam guarantee k that do not end, since each beam has a single EOS.
-        candidates = (scores.unsqueeze(1) + log_probs).view(live, k * vocab)
-        top_scores, top_index = candidates.topk(2 * k, dim=1)  # (live, 2k)
-        parents = top_index // vocab + (torch.arange(live, device=device) * k).unsqueeze(1)  # rows, (live, 2k)
-        next_tokens = top_index % vocab
-        is_eos = next_tokens == EOS
-
-        # Finish the EOS candidates that rank among the k best of their sentence.
-        finishing = is_eos[:, :k] & (top_scores[:, :k] > -math.inf)  # (live, k)
-        if finishing.any():
-            where_sent, where_beam = finishing.nonzero(as_tuple=True)
-            rows = parents[where_sent, where_beam]
-            coverage = ens.coverage()
-            finisher.add(sent_ids[where_sent], top_scores[where_sent, where_beam], tokens[rows],
-                         None if coverage is None else coverage[rows], ens.src_mask[rows],
-                         None if history is None else history[rows])
-            n_finished += finishing.sum(1)
-
-        done = (n_finished >= k) | (step >= sent_max)  # (live,)
-        # The k best candidates that do not end continue: the smallest positions among non-EOS candidates.
-        position = torch.arange(2 * k, device=device).expand(live, 2 * k)
-        keep_pos = (position + is_eos.long() * 2 * k).topk(k, dim=1, largest=False).values  # (live, k)
-        rows = parents.gather(1, keep_pos)
-        scores_next = top_scores.gather(1, keep_pos)
-        tokens_next = next_tokens.gather(1, keep_pos)
-        if done.all():
-            break
-        shrink = bool(done.any())
-        if shrink:
-            alive = (~done).nonzero().squeeze(1)
-            rows, scores_next, tokens_next = rows[alive], scores_next[alive], tokens_next[alive]
-            sent_ids, sent_max, n_finished = sent_ids[alive], sent_max[alive], n_finished[alive]
-        rows = rows.view(-1)
-        ens.reorder(rows, encoder=shrink)
-        tokens = torch.cat([tokens[rows], tokens_next.view(-1, 1)], dim=1)
-        history = history[rows] if history is not None else None
-        scores = scores_next.view(-1)
-        prev = tokens_next.view(-1)
-    return finisher.best(nbest)
+    return wrapper
 
 
-def _one_path_search(
-    models: list[Seq2Seq],
-    src: torch.Tensor,
-    src_lengths: torch.Tensor,
-    choose: Callable[[torch.Tensor], torch.Tensor],
-    copies: int,
-    alpha: float,
-    length_penalty: str,
-    coverage_penalty: float,
-    max_len_a: float,
-    max_len_b: int,
-    min_len: int,
-    with_attention: bool,
-) -> list[list[Hypothesis]]:
-    """Extend each row by `choose(log_probs (rows, vocab)) -> (rows,)` until EOS; `copies` rows per sentence.
-    Rows that end leave the batch at once."""
-    device = src.device
-    batch = src.size(0)
-    ens = Ensemble(models, src, src_lengths, coverage=coverage_penalty > 0)
-    finisher = _Finisher(batch, src_lengths, alpha, length_penalty, coverage_penalty, with_attention)
-    row_sent = torch.arange(batch, device=device).repeat_interleave(copies)  # (rows,) original sentence
-    if copies > 1:
-        ens.reorder(row_sent, encoder=True)
-    row_max = max_lengths(src_lengths, max_len_a, max_len_b, min_len).to(device)[row_sent]  # (rows,)
-    scores = torch.zeros(row_sent.numel(), device=device)
-    tokens = torch.empty(row_sent.numel(), 0, dtype=torch.long, device=device)
-    history = torch.empty(row_sent.numel(), 0, src.size(1), device=device) \
-        if with_attention and ens.has_attention else None
-    prev = torch.full((row_sent.numel(),), BOS, dtype=torch.long, device=device)
+class Search:
+    """Greedy search, beam search or sampling, as a `DecodeConfig` says, bound once.
 
-    for step in range(int(row_max.max()) + 1 if batch else 0):
-        log_probs, attn = ens.step(prev)  # (rows, vocab), (rows, src_len)
-        _restrict(log_probs, step, min_len, row_max)
-        if history is not None:
-            history = torch.cat([history, attn.unsqueeze(1)], dim=1)
-        chosen = choose(log_probs)  # (rows,)
-        scores = scores + log_probs.gather(1, chosen.unsqueeze(1)).squeeze(1)
-        ended = chosen == EOS
-        if ended.any():
-            rows = ended.nonzero().squeeze(1)
-            coverage = ens.coverage()
-            finisher.add(row_sent[rows], scores[rows], tokens[rows], None if coverage is None else coverage[rows],
-                         ens.src_mask[rows], None if history is None else history[rows])
-            if bool(ended.all()):
-                break
-            alive = (~ended).nonzero().squeeze(1)
-            ens.reorder(alive, encoder=True)
-            row_sent, row_max, scores = row_sent[alive], row_max[alive], scores[alive]
-            tokens, chosen = tokens[alive], chosen[alive]
-            history = history[alive] if history is not None else None
-        tokens = torch.cat([tokens, chosen.unsqueeze(1)], dim=1)
-        prev = chosen
-    return finisher.best(copies)
-
-
-@_searching
-def greedy_search(
-    models: list[Seq2Seq],
-    src: torch.Tensor,
-    src_lengths: torch.Tensor,
-    alpha: float = 1.0,
-    length_penalty: str = "average",
-    coverage_penalty: float = 0.0,
-    max_len_a: float = 1.5,
-    max_len_b: int = 10,
-    min_len: int = 1,
-    with_attention: bool = False,
-) -> list[list[Hypothesis]]:
-    """The most likely token at each step: one hypothesis per sentence. Its score is normalised like beam
-    search's, so that beam 1 and greedy agree exactly."""
-    return _one_path_search(models, src, src_lengths, lambda lp: lp.argmax(-1), 1, alpha, length_penalty,
-                            coverage_penalty, max_len_a, max_len_b, min_len, with_attention)
-
-
-@_searching
-def sample(
-    models: list[Seq2Seq],
-    src: torch.Tensor,
-    src_lengths: torch.Tensor,
-    temperature: float = 1.0,
-    topk: int = 0,
-    nbest: int = 1,
-    generator: torch.Generator | None = None,
-    alpha: float = 1.0,
-    length_penalty: str = "average",
-    coverage_penalty: float = 0.0,
-    max_len_a: float = 1.5,
-    max_len_b: int = 10,
-    min_len: int = 1,
-    with_attention: bool = False,
-) -> list[list[Hypothesis]]:
-    """`nbest` random translations per sentence, drawn from the model's distribution sharpened (temperature < 1)
-    or flattened (> 1), optionally limited to the `topk` most likely tokens; sorted by score. Scores are the
-    model's (untempered) log-probabilities. The same `generator` seed gives the same samples."""
-    if temperature <= 0:
-        raise NMTError(f"sampling temperature must be positive, got {temperature}")
-    if topk < 0:
-        raise NMTError(f"sampling top-k must be 0 (all tokens) or positive, got {topk}")
-
-    def choose(log_probs: torch.Tensor) -> torch.Tensor:
-        logits = log_probs / temperature  # (rows, vocab)
-        if 0 < topk < logits.size(-1):
-            kth = logits.topk(topk, dim=-1).values[:, -1:]  # (rows, 1)
-            logits = logits.masked_fill(logits < kth, -math.inf)
-        probs = torch.softmax(logits, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-    return _one_path_search(models, src, src_lengths, choose, nbest, alpha, length_penalty, coverage_penalty,
-                            max_len_a, max_len_b, min_len, with_attention)
-
-
-def translate_batch(
-    models: list[Seq2Seq],
-    src: torch.Tensor,
-    src_lengths: torch.Tensor,
-    beam: int,
-    nbest: int = 1,
-    alpha: float = 1.0,
-    length_penalty: str = "average",
-    coverage_penalty: float = 0.0,
-    max_len_a: float = 1.5,
-    max_len_b: int = 10,
-    min_len: int = 1,
-    sampling_temperature: float | None = None,
-    sampling_topk: int = 0,
-    generator: torch.Generator | None = None,
-    with_attention: bool = False,
-    greedy_floor: bool = False,
-) -> list[list[Hypothesis]]:
-    """Translate a padded batch with one model or an ensemble: src (batch, src_len) ending in EOS,
-    src_lengths (batch,) on the CPU -> for each sentence its `nbest` hypotheses, best first.
-
-    Beam 1 is greedy search; `sampling_temperature` switches to sampling (`nbest` samples per sentence). The
-    models are put in eval mode for the search and restored after, so validation can call this mid-training.
+    `generate(models, src, src_lengths)` translates a padded batch with one model or an ensemble: src
+    (batch, src_len) ending in EOS, src_lengths (batch,) on the CPU -> for each sentence its `nbest` hypotheses,
+    best first. Beam 1 is greedy search; a `temperature` switches to sampling (`nbest` samples per sentence).
+    The models are put in eval mode for the search and restored after, so validation can run mid-training.
 
     Beam search is not exact: on rare sentences greedy's prefix falls out of the beam and greedy's sentence
     scores higher. `greedy_floor` also runs greedy search (about 1/beam more work) and keeps its sentence when
     it scores higher, so that beam search never returns a lower score than greedy.
     """
-    if beam < 1:
-        raise NMTError(f"beam size must be at least 1, got {beam}")
-    if nbest < 1:
-        raise NMTError(f"nbest must be at least 1, got {nbest}")
-    if length_penalty not in LENGTH_PENALTIES:
-        raise NMTError(f"length penalty must be one of {', '.join(LENGTH_PENALTIES)}, got {length_penalty!r}")
-    common = dict(alpha=alpha, length_penalty=length_penalty, coverage_penalty=coverage_penalty,
-                  max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, with_attention=with_attention)
-    if src.size(0) == 0:
-        return []
-    if sampling_temperature is not None:
-        return sample(models, src, src_lengths, temperature=sampling_temperature, topk=sampling_topk,
-                      nbest=nbest, generator=generator, **common)
-    if nbest > beam:
-        raise NMTError(f"nbest ({nbest}) cannot exceed the beam size ({beam})")
-    if beam == 1:
-        return greedy_search(models, src, src_lengths, **common)
-    hyps = beam_search(models, src, src_lengths, beam, nbest=nbest, **common)
-    if greedy_floor:
-        for sentence, (greedy,) in zip(hyps, greedy_search(models, src, src_lengths, **common)):
-            if all(h.tokens != greedy.tokens for h in sentence):
-                sentence.append(greedy)
-                sentence.sort(key=lambda h: -h.score)
-                del sentence[nbest:]
-    return hyps
+
+    def __init__(self, decode: DecodeConfig):
+        if decode.length_penalty not in LENGTH_PENALTIES:
+            raise NMTError(f"length penalty must be one of {', '.join(LENGTH_PENALTIES)}, "
+                           f"got {decode.length_penalty!r}")
+        check_bounds(decode, lambda name: name)
+        check_decode(decode, lambda name: name)
+        self.decode = decode
+        self.stats = SearchStats()
+
+    @_searching
+    def generate(self, models: list[Seq2Seq], src: torch.Tensor, src_lengths: torch.Tensor,
+                 with_attention: bool = False, generator: torch.Generator | None = None) -> list[list[Hypothesis]]:
+        """`with_attention` keeps each hypothesis's attention matrix; `generator` draws the samples."""
+        decode = self.decode
+        if decode.temperature is not None:
+            return self._one_path(models, src, src_lengths, self._sampler(generator), decode.nbest, with_attention)
+        if decode.beam == 1:
+            return self._one_path(models, src, src_lengths, _argmax, 1, with_attention)
+        hyps = self._beam(models, src, src_lengths, with_attention)
+        if decode.greedy_floor:
+            greedy = self._one_path(models, src, src_lengths, _argmax, 1, with_attention)
+            for sentence, (best_greedy,) in zip(hyps, greedy):
+                if all(h.tokens != best_greedy.tokens for h in sentence):
+                    sentence.append(best_greedy)
+                    sentence.sort(key=lambda h: -h.score)
+                    del sentence[decode.nbest:]
+        return hyps
+
+    @_searching
+    def beam_search(self, models: list[Seq2Seq], src: torch.Tensor, src_lengths: torch.Tensor,
+                    with_attention: bool = False) -> list[list[Hypothesis]]:
+        """Beam search whatever the beam, 1 included (`generate` takes the faster greedy path there)."""
+        return self._beam(models, src, src_lengths, with_attention)
+
+    @_searching
+    def greedy_search(self, models: list[Seq2Seq], src: torch.Tensor, src_lengths: torch.Tensor,
+                      with_attention: bool = False) -> list[list[Hypothesis]]:
+        """The most likely token at each step, whatever the beam: one hypothesis per sentence."""
+        return self._one_path(models, src, src_lengths, _argmax, 1, with_attention)
+
+    def _sampler(self, generator: torch.Generator | None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Draws from the model's distribution sharpened (temperature < 1) or flattened (> 1), optionally limited
+        to the `topk` most likely tokens. Scores stay the model's (untempered) log-probabilities."""
+        temperature, topk = self.decode.temperature, self.decode.topk
+
+        def choose(log_probs: torch.Tensor) -> torch.Tensor:
+            logits = log_probs / temperature  # (rows, vocab)
+            if 0 < topk < logits.size(-1):
+                kth = logits.topk(topk, dim=-1).values[:, -1:]  # (rows, 1)
+                logits = logits.masked_fill(logits < kth, -math.inf)
+            probs = torch.softmax(logits, dim=-1)
+            return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+        return choose
+
+    def _beam(self, models: list[Seq2Seq], src: torch.Tensor, src_lengths: torch.Tensor,
+              with_attention: bool) -> list[list[Hypothesis]]:
+        """Beam search over a batch -> `nbest` hypotheses per sentence, best first. Works for any beam >= 1
+        (greedy search is the faster path for beam 1)."""
+        decode = self.decode
+        device = src.device
+        batch, k = src.size(0), decode.beam
+        ens = Ensemble(models, src, src_lengths, coverage=decode.coverage_penalty > 0, stats=self.stats)
+        vocab = ens.vocab_size
+        finisher = _Finisher(batch, src_lengths, decode, with_attention)
+
+        ens.reorder(torch.arange(batch, device=device).repeat_interleave(k), encoder=True)
+        sent_ids = torch.arange(batch, device=device)  # (live,) original index of each live sentence
+        sent_max = max_lengths(src_lengths, decode.max_len_a, decode.max_len_b, decode.min_len).to(device)
+        n_finished = torch.zeros(batch, dtype=torch.long, device=device)  # (live,)
+        # All beams of a sentence start identical: only beam 0 may expand at the first step.
+        scores = torch.full((batch, k), -math.inf, device=device)
+        scores[:, 0] = 0.0
+        scores = scores.view(-1)  # (live * k,) model scores of the live hypotheses
+        tokens = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # (live * k, step)
+        history = torch.empty(batch * k, 0, src.size(1), device=device) \
+            if with_attention and ens.has_attention else None
+        prev = torch.full((batch * k,), BOS, dtype=torch.long, device=device)
+
+        for step in range(int(sent_max.max()) + 1):
+            live = sent_ids.numel()
+            log_probs, attn = ens.step(prev)  # (live * k, vocab), (live * k, src_len)
+            _restrict(log_probs, step, decode.min_len, sent_max.repeat_interleave(k))
+            if history is not None:
+                history = torch.cat([history, attn.unsqueeze(1)], dim=1)  # (live * k, step + 1, src_len)
+
+            # Two candidates per beam guarantee k that do not end, since each beam has a single EOS.
+            candidates = (scores.unsqueeze(1) + log_probs).view(live, k * vocab)
+            top_scores, top_index = candidates.topk(2 * k, dim=1)  # (live, 2k)
+            parents = top_index // vocab + (torch.arange(live, device=device) * k).unsqueeze(1)  # rows, (live, 2k)
+            next_tokens = top_index % vocab
+            is_eos = next_tokens == EOS
+
+            # Finish the EOS candidates that rank among the k best of their sentence.
+            finishing = is_eos[:, :k] & (top_scores[:, :k] > -math.inf)  # (live, k)
+            if finishing.any():
+                where_sent, where_beam = finishing.nonzero(as_tuple=True)
+                rows = parents[where_sent, where_beam]
+                coverage = ens.coverage()
+                finisher.add(sent_ids[where_sent], top_scores[where_sent, where_beam], tokens[rows],
+                             None if coverage is None else coverage[rows], ens.src_mask[rows],
+                             None if history is None else history[rows])
+                n_finished += finishing.sum(1)
+
+            done = (n_finished >= k) | (step >= sent_max)  # (live,)
+            # The k best candidates that do not end continue: the smallest positions among non-EOS candidates.
+            position = torch.arange(2 * k, device=device).expand(live, 2 * k)
+            keep_pos = (position + is_eos.long() * 2 * k).topk(k, dim=1, largest=False).values  # (live, k)
+            rows = parents.gather(1, keep_pos)
+            scores_next = top_scores.gather(1, keep_pos)
+            tokens_next = next_tokens.gather(1, keep_pos)
+            if done.all():
+                break
+            shrink = bool(done.any())
+            if shrink:
+                alive = (~done).nonzero().squeeze(1)
+                rows, scores_next, tokens_next = rows[alive], scores_next[alive], tokens_next[alive]
+                sent_ids, sent_max, n_finished = sent_ids[alive], sent_max[alive], n_finished[alive]
+            rows = rows.view(-1)
+            ens.reorder(rows, encoder=shrink)
+            tokens = torch.cat([tokens[rows], tokens_next.view(-1, 1)], dim=1)
+            history = history[rows] if history is not None else None
+            scores = scores_next.view(-1)
+            prev = tokens_next.view(-1)
+        return finisher.best(decode.nbest)
+
+    def _one_path(self, models: list[Seq2Seq], src: torch.Tensor, src_lengths: torch.Tensor,
+                  choose: Callable[[torch.Tensor], torch.Tensor], copies: int,
+                  with_attention: bool) -> list[list[Hypothesis]]:
+        """Extend each row by `choose(log_probs (rows, vocab)) -> (rows,)` until EOS; `copies` rows per sentence.
+        Rows that end leave the batch at once. Scores are normalised like beam search's, so that beam 1 and
+        greedy agree exactly."""
+        decode = self.decode
+        device = src.device
+        batch = src.size(0)
+        ens = Ensemble(models, src, src_lengths, coverage=decode.coverage_penalty > 0, stats=self.stats)
+        finisher = _Finisher(batch, src_lengths, decode, with_attention)
+        row_sent = torch.arange(batch, device=device).repeat_interleave(copies)  # (rows,) original sentence
+        if copies > 1:
+            ens.reorder(row_sent, encoder=True)
+        row_max = max_lengths(src_lengths, decode.max_len_a, decode.max_len_b, decode.min_len).to(device)[row_sent]
+        scores = torch.zeros(row_sent.numel(), device=device)
+        tokens = torch.empty(row_sent.numel(), 0, dtype=torch.long, device=device)
+        history = torch.empty(row_sent.numel(), 0, src.size(1), device=device) \
+            if with_attention and ens.has_attention else None
+        prev = torch.full((row_sent.numel(),), BOS, dtype=torch.long, device=device)
+
+        for step in range(int(row_max.max()) + 1):
+            log_probs, attn = ens.step(prev)  # (rows, vocab), (rows, src_len)
+            _restrict(log_probs, step, decode.min_len, row_max)
+            if history is not None:
+                history = torch.cat([history, attn.unsqueeze(1)], dim=1)
+            chosen = choose(log_probs)  # (rows,)
+            scores = scores + log_probs.gather(1, chosen.unsqueeze(1)).squeeze(1)
+            ended = chosen == EOS
+            if ended.any():
+                rows = ended.nonzero().squeeze(1)
+                coverage = ens.coverage()
+                finisher.add(row_sent[rows], scores[rows], tokens[rows],
+                             None if coverage is None else coverage[rows], ens.src_mask[rows],
+                             None if history is None else history[rows])
+                if bool(ended.all()):
+                    break
+                alive = (~ended).nonzero().squeeze(1)
+                ens.reorder(alive, encoder=True)
+                row_sent, row_max, scores = row_sent[alive], row_max[alive], scores[alive]
+                tokens, chosen = tokens[alive], chosen[alive]
+                history = history[alive] if history is not None else None
+            tokens = torch.cat([tokens, chosen.unsqueeze(1)], dim=1)
+            prev = chosen
+        return finisher.best(copies)
+
+
+def _argmax(log_probs: torch.Tensor) -> torch.Tensor:
+    return log_probs.argmax(-1)

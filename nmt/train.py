@@ -7,36 +7,38 @@ batches are a pure function of (seed, epoch), the position inside the epoch is s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-import nmt
-from nmt.checkpoint import average_checkpoints, load_checkpoint, model_from_checkpoint, save_atomic, stored_config
-from nmt.config import Config, DecodeConfig, TrainConfig, save_config, to_dict
+from nmt.checkpoint import (TrainedModel, average_checkpoints, inference_part, inference_payload,
+                            load_checkpoint, load_training_checkpoint, numpy_rng_state, resume_candidates,
+                            save_atomic, stored_config, training_payload)
+from nmt.config import Config, TrainConfig, save_config
 from nmt.data.batching import make_batches, shard
-from nmt.data.cache import EncodedCorpus
 from nmt.data.collate import Batch, collate
 from nmt.data.corpus import describe_split, read_pairs
 from nmt.data.prepare import PreparedData, prepare
-from nmt.data.subword import PAD, Subword
+from nmt.distributed import Dist, all_reduce_sum, barrier, broadcast_floats, init_distributed, shut_down
 from nmt.errors import NMTError
 from nmt.loss import sequence_loss
 from nmt.model.seq2seq import Seq2Seq, build_model
-from nmt.precision import autocast, cpu_kind, dtype_name, resolve_device, resolve_dtype
+from nmt.outputs import WriteError
+from nmt.precision import autocast, describe_device, dtype_name, resolve_device, resolve_dtype
+from nmt.tokens import MAX_LINE_SUBWORDS, PAD, with_eos
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ def rng_states() -> dict:
 def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    np.random.set_state(numpy_rng_state(states["numpy"]))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
@@ -120,45 +122,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ----------------------------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Dist:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
-
-
-def all_reduce_sum(values: list[float], ddp: Dist, device: torch.device) -> list[float]:
-    if ddp.world_size == 1:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
-def broadcast_floats(values: list[float], ddp: Dist, device: torch.device) -> list[float]:
-    if ddp.world_size == 1:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.broadcast(tensor, src=0)
-    return tensor.tolist()
-
-
 # ----------------------------------------------------------------------------------------------- the trainer
+
+
+class LogWindow:
+    """What the progress bar and metrics.jsonl report: target tokens per second since the window restarted
+    (after each record and each validation), the token-weighted mean loss and nll since the last record (so
+    that a curve is not one noisy batch), and a running average of the loss for the bar (nan until the first
+    finite loss). Non-finite (skipped) updates count for speed, not for the losses."""
+
+    def __init__(self) -> None:
+        self.loss_avg = math.nan
+        self.loss_sum = self.nll_sum = 0.0
+        self.loss_tokens = 0
+        self.restart()
+
+    def restart(self) -> None:
+        self.tokens, self.started = 0, time.time()
+
+    def add(self, loss: float, nll: float, tokens: int) -> None:
+        self.tokens += tokens
+        if math.isfinite(loss):
+            self.loss_avg = loss if math.isnan(self.loss_avg) else 0.95 * self.loss_avg + 0.05 * loss
+            self.loss_sum += loss * tokens
+            self.nll_sum += nll * tokens
+            self.loss_tokens += tokens
+
+    def tokens_per_second(self) -> float:
+        return self.tokens / max(time.time() - self.started, 1e-9)
+
+    def take_means(self) -> tuple[float, float]:
+        """(mean loss, mean nll) since the last call, nan when no finite update came in between."""
+        if not self.loss_tokens:
+            return math.nan, math.nan
+        means = self.loss_sum / self.loss_tokens, self.nll_sum / self.loss_tokens
+        self.loss_sum = self.nll_sum = 0.0
+        self.loss_tokens = 0
+        return means
 
 
 class StopTraining(Exception):
@@ -195,32 +195,20 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
 
-    def payload(self, with_training_state: bool = True) -> dict:
-        payload = {
-            "format": nmt.CHECKPOINT_FORMAT,
-            "version": nmt.__version__,
-            "config": to_dict(self.cfg),
-            "spm": {"src": self.data.src_model.model_bytes, "tgt": self.data.tgt_model.model_bytes},
-            "model": self.model.state_dict(),
-        }
-        if with_training_state:
-            payload.update(
-                optimizer=self.optimizer.state_dict(),
-                scheduler=self.scheduler.state_dict(),
-                scaler=self.scaler.state_dict(),
-                rng=rng_states(),
-                progress=vars(self.progress).copy(),
-            )
-        return payload
+    def payload(self) -> dict:
+        """A training checkpoint of this moment (see `nmt.checkpoint`)."""
+        weights = inference_payload(self.cfg, self.data.src_model, self.data.tgt_model, self.model)
+        return training_payload(weights, self.optimizer.state_dict(), self.scheduler.state_dict(),
+                                self.scaler.state_dict(), rng_states(), vars(self.progress).copy())
 
     def save(self, path: Path) -> None:
         if not self.ddp.main:
             return
         try:
             save_atomic(self.payload(), path)
-        except OSError as err:
-            raise NMTError(f"cannot write checkpoint {path} ({err.strerror or err}); the previous checkpoint "
-                           "is intact, free some space and resume with --resume") from None
+        except WriteError as err:
+            raise NMTError(f"cannot write checkpoint {path} ({err.reason}); the previous checkpoint is intact, "
+                           "free some space and resume with --resume") from None
 
     def restore(self, payload: dict) -> None:
         self.model.load_state_dict(payload["model"])
@@ -233,34 +221,16 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the newest readable checkpoint; False when there is none."""
-        if self.ddp.main:  # what a process killed in the middle of save_atomic left behind
-            for stale in [*self.ckpt_dir.glob(".*.pt.tmp*"), *self.exp.glob(".final.pt.tmp*")]:
-                stale.unlink(missing_ok=True)
-        candidates = sorted(self.ckpt_dir.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
-        last = self.ckpt_dir / "last.pt"
-        if last in candidates:
-            candidates.remove(last)
-            candidates.insert(0, last)
+        candidates = resume_candidates(self.ckpt_dir) if self.ddp.main else sorted(self.ckpt_dir.glob("*.pt"))
         for i, path in enumerate(candidates):
             try:
-                payload = load_checkpoint(path)
-                if "optimizer" not in payload:
-                    raise NMTError(f"{path}: holds no training state")
+                payload = load_training_checkpoint(path)
             except NMTError as err:
                 log.warning("skipping checkpoint: %s", err)
                 continue
             if i > 0:
                 log.warning("resuming from %s, the newest good checkpoint", path)
-            saved_scale = stored_config(payload).get("model", {}).get("scale_embeddings")
-            if saved_scale is not None and saved_scale != self.cfg.model.scale_embeddings:
-                raise NMTError(f"{path}: trained with model.scale_embeddings: {str(saved_scale).lower()}; set it "
-                               "in the config to resume this run")
-            try:
-                self.restore(payload)
-            except (RuntimeError, ValueError, KeyError) as err:  # e.g. resumed with another model config
-                lines = str(err).strip().splitlines() or [type(err).__name__]
-                raise NMTError(f"{path}: cannot resume from it with this config's model and vocabulary "
-                               f"({lines[min(1, len(lines) - 1)].strip()[:200]})") from None
+            self._check_resumable(path, payload)
             log.info("resumed from %s at update %d (epoch %d, batch %d)", path, self.progress.update,
                      self.progress.epoch + 1, self.progress.batch_in_epoch)
             return True
@@ -268,6 +238,19 @@ class Trainer:
             raise NMTError(f"no usable checkpoint in {self.ckpt_dir} ({len(candidates)} unreadable, see the "
                            "warnings above); move them away to start afresh")
         return False
+
+    def _check_resumable(self, path: Path, payload: dict) -> None:
+        """Restore `payload`, refusing (with the reason) a checkpoint this config cannot continue."""
+        saved_scale = stored_config(payload).get("model", {}).get("scale_embeddings")
+        if saved_scale is not None and saved_scale != self.cfg.model.scale_embeddings:
+            raise NMTError(f"{path}: trained with model.scale_embeddings: {str(saved_scale).lower()}; set it "
+                           "in the config to resume this run")
+        try:
+            self.restore(payload)
+        except (RuntimeError, ValueError, KeyError) as err:  # e.g. resumed with another model config
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            raise NMTError(f"{path}: cannot resume from it with this config's model and vocabulary "
+                           f"({lines[min(1, len(lines) - 1)].strip()[:200]})") from None
 
     def keep_best(self, bleu: float) -> None:
         """Save a best-k checkpoint when `bleu` ranks among the k best, removing the one it displaces."""
@@ -354,7 +337,7 @@ class Trainer:
     def validate(self) -> dict:
         self.model.eval()
         valid = self.data.valid
-        batches = make_batches(valid.src_lengths + 1, valid.tgt_lengths + 1, self.tcfg.valid_max_tokens,
+        batches = make_batches(with_eos(valid.src_lengths), with_eos(valid.tgt_lengths), self.tcfg.valid_max_tokens,
                                shuffle=False)
         loss_sum = nll_sum = tokens = 0.0
         for indices in batches:
@@ -369,14 +352,23 @@ class Trainer:
         record = {"kind": "valid", "update": self.progress.update, "epoch": epochs_done,
                   "loss": loss_sum / tokens, "ppl": math.exp(min(nll_sum / tokens, 50.0))}
         if self.tcfg.valid_bleu:
-            started = time.time()
-            hyps = decode_corpus([self.model], self.data.tgt_model, valid, self.cfg.decode, self.device,
-                                 self.dtype, beam=1, max_tokens=self.tcfg.valid_max_tokens)
             from nmt.evaluate import corpus_bleu
 
-            record["bleu"] = corpus_bleu(hyps, self.valid_references())
+            started = time.time()
+            record["bleu"] = corpus_bleu(self.translate_dev_set(), self.valid_references())
             record["decode_seconds"] = round(time.time() - started, 2)
         return record
+
+    def translate_dev_set(self) -> list[str]:
+        """Greedy translations of the dev sources, through the same `Translator` as `nmt translate`."""
+        from nmt.translator import Translator
+
+        decode = dataclasses.replace(self.cfg.decode, beam=1, nbest=1, greedy_floor=False, temperature=None,
+                                     batch_tokens=self.tcfg.valid_max_tokens)
+        model = TrainedModel(self.model, self.data.src_model, self.data.tgt_model, self.cfg)
+        translator = Translator([model], decode, self.device, self.dtype)
+        valid = self.data.valid
+        return [hyps[0].text for hyps in translator.translate_encoded([valid.src(i) for i in range(len(valid))])]
 
     def valid_references(self) -> list[str]:
         if self.valid_refs is None:
@@ -404,6 +396,42 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
 
+    @contextlib.contextmanager
+    def tensorboard(self) -> Iterator[None]:
+        """TensorBoard scalars beside metrics.jsonl, when it is installed and `train.tensorboard` is on."""
+        if self.ddp.main and self.tcfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.exp / "tensorboard"))
+            except ImportError:
+                pass
+        try:
+            yield
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+
+    def log_start(self) -> None:
+        if not self.ddp.main:
+            return
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info("model: %s parameters; device %s (%s); dtype %s; %d thread(s); %d process(es)", f"{n_params:,}",
+                 self.device, describe_device(self.device), dtype_name(self.dtype), torch.get_num_threads(),
+                 self.ddp.world_size)
+        log.info("train: %d pairs; valid: %d pairs; padding efficiency %.3f", len(self.data.train),
+                 len(self.data.valid), self.data.efficiency)
+
+    def run_unless_finished(self) -> None:
+        """Run, or continue a finished run whose budget (max_updates/max_epochs/max_minutes) was raised."""
+        p, t = self.progress, self.tcfg
+        if p.finished and not self.out_of_budget() and p.epoch < t.max_epochs and not (
+                t.early_stop_patience and p.bad_validations >= t.early_stop_patience):
+            log.info("continuing a finished run: its budget (max_updates/max_epochs/max_minutes) was raised")
+            p.finished = False
+        if not p.finished:
+            self.run()
+
     def out_of_budget(self) -> bool:
         t = self.tcfg
         if t.max_updates and self.progress.update >= t.max_updates:
@@ -411,77 +439,79 @@ class Trainer:
         return bool(t.max_minutes and self.progress.train_seconds >= t.max_minutes * 60)
 
     def run(self) -> None:
+        """Train until a budget, early stopping or a signal ends the run; validate at the end, save last.pt."""
         from tqdm import tqdm
 
-        t = self.tcfg
         p = self.progress
-        train = self.data.train
-        src_len, tgt_len = train.src_lengths + 1, train.tgt_lengths + 1
-        bar = tqdm(total=t.max_updates or None, initial=p.update, unit="upd", dynamic_ncols=True,
+        bar = tqdm(total=self.tcfg.max_updates or None, initial=p.update, unit="upd", dynamic_ncols=True,
                    disable=None if self.ddp.main else True, mininterval=1.0)
-        window_tokens, window_start = 0, time.time()
-        loss_avg = math.nan  # stays nan until the first finite loss
-        window_loss = [0.0, 0.0, 0]  # token-weighted sums of loss and nll, and their tokens, since the last log
+        window = LogWindow()
         stop = False
-        while not stop and p.epoch < t.max_epochs and not self.out_of_budget():
-            batches = make_batches(src_len, tgt_len, t.max_tokens, seed=t.seed, epoch=p.epoch)
-            # Every rank must hold a non-empty shard: drop the batches too small to split.
-            batches = [b for b in batches if len(b) >= self.ddp.world_size]
-            while p.batch_in_epoch < len(batches):
-                tick = time.time()
-                group = batches[p.batch_in_epoch: p.batch_in_epoch + t.accum_steps]
-                loss, nll, tokens = self.train_update(group)
-                p.batch_in_epoch += len(group)
-                p.update += 1
-                p.tokens += tokens
-                p.train_seconds += time.time() - tick
-                window_tokens += tokens
-                if math.isfinite(loss):
-                    loss_avg = loss if math.isnan(loss_avg) else 0.95 * loss_avg + 0.05 * loss
-                    window_loss = [window_loss[0] + loss * tokens, window_loss[1] + nll * tokens,
-                                   window_loss[2] + tokens]
-                lr = self.optimizer.param_groups[0]["lr"]
-                bar.update(1)
-                if p.update % t.log_every == 0 or p.update == 1:
-                    elapsed = max(time.time() - window_start, 1e-9)
-                    tok_s = window_tokens / elapsed
-                    bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}",
-                                    ep=p.epoch + 1, refresh=False)
-                    # The mean over the updates since the last record, so that the curve is not one noisy batch.
-                    mean_loss = window_loss[0] / window_loss[2] if window_loss[2] else math.nan
-                    mean_nll = window_loss[1] / window_loss[2] if window_loss[2] else math.nan
-                    window_loss = [0.0, 0.0, 0]
-                    self.log_metrics({"kind": "train", "update": p.update, "epoch": p.epoch + 1,
-                                      "loss": mean_loss if math.isfinite(mean_loss) else None,
-                                      "nll": mean_nll if math.isfinite(mean_nll) else None,
-                                      "ppl": math.exp(min(mean_nll, 50.0)) if math.isfinite(mean_nll) else None,
-                                      "lr": lr, "tok_s": tok_s, "tf_ratio": teacher_forcing_ratio(t, p.update)})
-                    if bar.disable and self.ddp.main:
-                        log.info("epoch %d update %d loss %.3f lr %.2e %.0f tok/s", p.epoch + 1, p.update,
-                                 loss_avg, lr, tok_s)
-                    window_tokens, window_start = 0, time.time()
-                if t.valid_every and p.update % t.valid_every == 0:
-                    stop = self.validate_and_save(bar)
-                    window_tokens, window_start = 0, time.time()
-                if self.pending_signal is not None:
-                    raise StopTraining(self.pending_signal)
-                if stop or self.out_of_budget():
-                    break
-            else:
-                p.epoch += 1
-                p.batch_in_epoch = 0
-                if not t.valid_every:
-                    stop = self.validate_and_save(bar)
-                    window_tokens, window_start = 0, time.time()
-                continue
-            break
+        while not stop and p.epoch < self.tcfg.max_epochs and not self.out_of_budget():
+            stop = self.run_epoch(bar, window)
         bar.close()
         if p.last_valid_update != p.update:  # stopped by a budget between validations: the last updates count
             self.validate_and_save(None)
         p.finished = True
         self.save(self.ckpt_dir / "last.pt")
 
-    def validate_and_save(self, bar: Any) -> bool:
+    def run_epoch(self, bar: Any, window: LogWindow) -> bool:
+        """The rest of the current epoch, from `progress.batch_in_epoch`; True means stop training."""
+        t, p = self.tcfg, self.progress
+        batches = self.epoch_batches()
+        while p.batch_in_epoch < len(batches):
+            window.add(*self.timed_update(batches[p.batch_in_epoch: p.batch_in_epoch + t.accum_steps]))
+            bar.update(1)
+            if p.update % t.log_every == 0 or p.update == 1:
+                self.log_train(bar, window)
+            stop = bool(t.valid_every and p.update % t.valid_every == 0) and self.validate_and_save(bar, window)
+            if self.pending_signal is not None:
+                raise StopTraining(self.pending_signal)
+            if stop or self.out_of_budget():
+                return stop
+        p.epoch += 1
+        p.batch_in_epoch = 0
+        return not t.valid_every and self.validate_and_save(bar, window)
+
+    def epoch_batches(self) -> list[np.ndarray]:
+        """The current epoch's batches: a pure function of (seed, epoch), so a resumed run gets the same ones."""
+        train = self.data.train
+        batches = make_batches(with_eos(train.src_lengths), with_eos(train.tgt_lengths), self.tcfg.max_tokens,
+                               seed=self.tcfg.seed, epoch=self.progress.epoch)
+        # Every rank must hold a non-empty shard: drop the batches too small to split.
+        return [b for b in batches if len(b) >= self.ddp.world_size]
+
+    def timed_update(self, group: list[np.ndarray]) -> tuple[float, float, int]:
+        """`train_update` on a group of batches, with the progress counters moved past it."""
+        p = self.progress
+        tick = time.time()
+        loss, nll, tokens = self.train_update(group)
+        p.batch_in_epoch += len(group)
+        p.update += 1
+        p.tokens += tokens
+        p.train_seconds += time.time() - tick
+        return loss, nll, tokens
+
+    def log_train(self, bar: Any, window: LogWindow) -> None:
+        """One `train` record in metrics.jsonl (means since the last one) and the progress bar's figures."""
+        p = self.progress
+        lr = self.optimizer.param_groups[0]["lr"]
+        tok_s = window.tokens_per_second()
+        bar.set_postfix(loss=f"{window.loss_avg:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}", ep=p.epoch + 1,
+                        refresh=False)
+        mean_loss, mean_nll = window.take_means()
+        finite = math.isfinite(mean_nll)
+        self.log_metrics({"kind": "train", "update": p.update, "epoch": p.epoch + 1,
+                          "loss": mean_loss if math.isfinite(mean_loss) else None, "nll": mean_nll if finite else None,
+                          "ppl": math.exp(min(mean_nll, 50.0)) if finite else None, "lr": lr, "tok_s": tok_s,
+                          "tf_ratio": teacher_forcing_ratio(self.tcfg, p.update)})
+        if bar.disable and self.ddp.main:
+            log.info("epoch %d update %d loss %.3f lr %.2e %.0f tok/s", p.epoch + 1, p.update, window.loss_avg, lr,
+                     tok_s)
+        window.restart()
+
+    def validate_and_save(self, bar: Any, window: LogWindow | None = None) -> bool:
+        """Validate, track the best checkpoints, log and save last.pt; True means stop (early stopping)."""
         record = self.validate() if self.ddp.main else {"loss": 0.0}
         self.progress.last_valid_update = self.progress.update
         stop = self.after_validation(record)
@@ -494,6 +524,8 @@ class Trainer:
                        f"ppl {record['ppl']:.2f}" + (f" bleu {record['bleu']:.2f}" if "bleu" in record else ""))
             (bar.write if bar is not None and not bar.disable else log.info)(message)
         self.save(self.ckpt_dir / "last.pt")
+        if window is not None:
+            window.restart()  # validation is not training time: tokens/s restarts after it
         return stop
 
     def write_final(self) -> Path:
@@ -508,49 +540,64 @@ class Trainer:
             log.info("final.pt averages %d checkpoints: %s", min(k, len(best_paths)), ", ".join(best_paths[:k]))
         else:
             source = best_paths[0] if best_paths else str(self.ckpt_dir / "last.pt")
-            full = load_checkpoint(source)
-            payload = {k2: full[k2] for k2 in ("format", "version", "config", "spm", "model")}
+            payload = inference_part(load_checkpoint(source))
             log.info("final.pt is %s", source)
         save_atomic(payload, final)
         return final
 
 
-def decode_corpus(models: list[Seq2Seq], tgt_model: Subword, corpus: EncodedCorpus, decode: DecodeConfig,
-                  device: torch.device, dtype: torch.dtype, beam: int, max_tokens: int) -> list[str]:
-    """Translate an encoded corpus in length-sorted batches; detokenised strings in corpus order."""
-    from nmt.data.collate import pad_sources
-    from nmt.search import translate_batch
-
-    lengths = corpus.src_lengths + 1
-    batches = make_batches(lengths, lengths, max_tokens, shuffle=False)
-    out: list[str] = [""] * len(corpus)
-    for indices in batches:
-        src, src_lengths = pad_sources([corpus.src(i) for i in indices])
-        with autocast(device, dtype):
-            hyps = translate_batch(models, src.to(device), src_lengths, beam=beam, max_len_a=decode.max_len_a,
-                                   max_len_b=decode.max_len_b, min_len=decode.min_len, alpha=decode.alpha,
-                                   length_penalty=decode.length_penalty)
-        texts = tgt_model.decode([h[0].tokens for h in hyps])
-        for i, text in zip(indices, texts):
-            out[i] = text
-    return out
-
-
-# Validation decodes step by step with attention over the whole source, so its cost grows with the product of
-# the lengths: one runaway dev line (a document, a blob without line breaks) would stall it for hours and
-# exhaust memory. Dev sentences are not cleaned (that would change the score), so refuse such a line instead.
-MAX_DEV_TOKENS = 1024
-
-
 def check_dev_lengths(cfg: Config, data: PreparedData) -> None:
+    """Validation decodes step by step with attention over the whole source, so its cost grows with the
+    product of the lengths: one runaway dev line would stall it for hours and exhaust memory. Dev sentences are
+    not cleaned (that would change the score), so such a line is refused instead."""
     lengths = np.maximum(data.valid.src_lengths, data.valid.tgt_lengths)
-    if len(lengths) and int(lengths.max()) > MAX_DEV_TOKENS:
+    if len(lengths) and int(lengths.max()) > MAX_LINE_SUBWORDS:
         i = int(np.argmax(lengths))
         raise NMTError(f"valid split ({describe_split(cfg.data.valid)}) line {int(data.valid.line_numbers[i])}: "
-                       f"{int(lengths[i])} subwords, more than the {MAX_DEV_TOKENS} a dev sentence may have")
+                       f"{int(lengths[i])} subwords, more than the {MAX_LINE_SUBWORDS} a dev sentence may have")
 
 
-def _install_signal_handlers(trainer: Trainer) -> dict:
+def warn_about_settings(cfg: Config, data: PreparedData) -> None:
+    """Settings that are legal but probably not what the user meant get one warning each."""
+    t, train_split = cfg.train, data.train
+    widths = np.maximum(with_eos(train_split.src_lengths), with_eos(train_split.tgt_lengths))
+    alone = int((widths > t.max_tokens).sum())
+    if alone:
+        log.warning("%d training sentences are longer than train.max_tokens (%d subwords, the longest has %d): "
+                    "each goes alone into a batch larger than the budget", alone, t.max_tokens, int(widths.max()))
+    if t.lr == 0:
+        log.warning("train.lr is 0: the parameters will not change")
+
+
+def set_up_exp_dir(cfg: Config, resume: bool) -> None:
+    """The experiment folder's policy: create it, refuse a second run into a folder that holds one, and record
+    the config the run uses (the overrides included)."""
+    exp = Path(cfg.exp_dir)
+    if exp.exists() and not exp.is_dir():
+        raise NMTError(f"exp_dir {exp} is a file, not a folder; choose another exp_dir")
+    try:
+        exp.mkdir(parents=True, exist_ok=True)
+        if not resume and (exp / "checkpoints" / "last.pt").exists():
+            raise NMTError(f"{exp} already holds a run; use --resume to continue it, or another exp_dir")
+        if resume and (exp / "config.yaml").exists():
+            log.info("resuming with the config given on the command line (%s held the original)",
+                     exp / "config.yaml")
+        save_config(cfg, exp / "config.yaml")
+    except OSError as err:
+        raise NMTError(f"exp_dir {exp}: cannot write the experiment folder ({err.strerror or err})") from None
+
+
+def prepare_on_every_rank(cfg: Config, ddp: Dist) -> PreparedData:
+    """The main process prepares (trains SentencePiece, fills the cache); the others then read the cache."""
+    data = prepare(cfg) if ddp.main else None
+    barrier(ddp)
+    return data if data is not None else prepare(cfg)
+
+
+@contextlib.contextmanager
+def signals_save_first(trainer: Trainer) -> Iterator[None]:
+    """SIGINT and SIGTERM ask the trainer to save after the update in flight; a second one stops at once."""
+
     def handler(signum: int, frame: Any) -> None:
         if trainer.pending_signal is not None:  # a second signal: stop now
             raise KeyboardInterrupt
@@ -563,121 +610,47 @@ def _install_signal_handlers(trainer: Trainer) -> dict:
             previous[signum] = signal.signal(signum, handler)
         except ValueError:  # not the main thread
             pass
-    return previous
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def train(cfg: Config, resume: bool = False, run_tests: bool = True) -> int:
     """Train as `cfg` says; returns the process exit code (130/143 after a signal, having saved)."""
-    device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    ddp = init_distributed(device)
-    if device.type == "cuda" and ddp.world_size > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    exp = Path(cfg.exp_dir)
+    ddp, device = init_distributed(resolve_device(cfg.train.device))
     if ddp.main:
-        exp.mkdir(parents=True, exist_ok=True)
-        if not resume and (exp / "checkpoints" / "last.pt").exists():
-            raise NMTError(f"{exp} already holds a run; use --resume to continue it, or another exp_dir")
-        if resume:
-            saved = exp / "config.yaml"
-            if saved.exists():
-                log.info("resuming with the config given on the command line (%s holds the original)", saved)
-        save_config(cfg, exp / "config.yaml")
-    if ddp.main:
-        data = prepare(cfg)
-    if ddp.world_size > 1:
-        dist.barrier()
-    if not ddp.main:
-        data = prepare(cfg)
+        set_up_exp_dir(cfg, resume)
+    data = prepare_on_every_rank(cfg, ddp)
     check_dev_lengths(cfg, data)
+    if ddp.main:
+        warn_about_settings(cfg, data)
     seed_everything(cfg.train.seed)
     trainer = Trainer(cfg, data, device, ddp)
-    if ddp.main:
+    with trainer.tensorboard(), signals_save_first(trainer):
+        if resume and not trainer.resume():
+            log.info("no checkpoint to resume from in %s: starting afresh", trainer.ckpt_dir)
+        trainer.log_start()
         try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            if cfg.train.tensorboard:
-                trainer.tb = SummaryWriter(str(exp / "tensorboard"))
-        except ImportError:
-            pass
-    if resume and not trainer.resume():
-        log.info("no checkpoint to resume from in %s: starting afresh", exp / "checkpoints")
-    n_params = sum(p.numel() for p in trainer.model.parameters())
-    if ddp.main:
-        log.info("model: %s parameters; device %s (%s); dtype %s; %d thread(s); %d process(es)", f"{n_params:,}",
-                 device, cpu_kind() if device.type == "cpu" else torch.cuda.get_device_name(device),
-                 dtype_name(trainer.dtype), torch.get_num_threads(), ddp.world_size)
-        log.info("train: %d pairs; valid: %d pairs; padding efficiency %.3f", len(data.train), len(data.valid),
-                 data.efficiency)
-    previous = _install_signal_handlers(trainer)
-    code = 0
-    try:
-        progress, limits = trainer.progress, cfg.train
-        if progress.finished and not trainer.out_of_budget() and progress.epoch < limits.max_epochs and not (
-                limits.early_stop_patience and progress.bad_validations >= limits.early_stop_patience):
-            log.info("continuing a finished run: its budget (max_updates/max_epochs/max_minutes) was raised")
-            progress.finished = False
-        if not progress.finished:
-            trainer.run()
-    except StopTraining as stop:
-        trainer.save(trainer.ckpt_dir / "last.pt")
-        if ddp.main:
-            log.warning("saved %s at update %d; continue with: nmt train CONFIG --resume",
-                        trainer.ckpt_dir / "last.pt", trainer.progress.update)
-        code = 128 + stop.signum
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-        if trainer.tb is not None:
-            trainer.tb.close()
-    if code:
-        return code
+            trainer.run_unless_finished()
+        except StopTraining as stop:
+            trainer.save(trainer.ckpt_dir / "last.pt")
+            if ddp.main:
+                log.warning("saved %s at update %d; continue with: nmt train CONFIG --resume",
+                            trainer.ckpt_dir / "last.pt", trainer.progress.update)
+            return 128 + stop.signum
     final = trainer.write_final()
     if ddp.main:
         log.info("training done: %d updates, %.1f minutes of training, best dev %s %.2f", trainer.progress.update,
                  trainer.progress.train_seconds / 60, "BLEU" if cfg.train.valid_bleu else "-loss",
                  trainer.progress.best_bleu)
         if run_tests and cfg.data.test:
-            results = evaluate_tests(cfg, str(final))
-            for name, scores in results.items():
+            from nmt.evaluate import evaluate_tests
+
+            for name, scores in evaluate_tests(cfg, str(final)).items():
                 print(f"{name}: " + "  ".join(f"{k} {v}" for k, v in scores.items() if not isinstance(v, dict)))
-    if ddp.world_size > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    shut_down(ddp)
     return 0
-
-
-def evaluate_tests(cfg: Config, checkpoint: str | None = None) -> dict:
-    """Translate every test set with `checkpoint` (default EXP/final.pt) and write EXP/results.json."""
-    from nmt.evaluate import score_corpus
-    from nmt.translate import translate_sentences
-
-    exp = Path(cfg.exp_dir)
-    checkpoint = checkpoint or str(exp / "final.pt")
-    translator = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
-    device = resolve_device(cfg.train.device)
-    dtype = resolve_dtype(cfg.train.dtype, device)
-    translator.model.to(device)
-    results_path = exp / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    (exp / "test").mkdir(parents=True, exist_ok=True)
-    for name, spec in cfg.data.test.items():
-        sources, references = read_pairs(spec, cfg.data.src_lang, cfg.data.tgt_lang)
-        started = time.time()
-        hyps = translate_sentences([translator.model], translator.src_model, translator.tgt_model, sources,
-                                   cfg.decode, device, dtype, cfg.decode.batch_tokens)
-        seconds = time.time() - started
-        texts = [h[0].text if h else "" for h in hyps]
-        (exp / "test" / f"{name}.hyp").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
-        scores = score_corpus(texts, references)
-        exact = sum(h == r for h, r in zip(texts, references)) / max(len(references), 1)
-        results[name] = {"bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2),
-                         "ter": round(scores["ter"], 2), "exact_match": round(exact, 4),
-                         "beam": cfg.decode.beam, "sentences": len(texts),
-                         "decode_seconds": round(seconds, 1), "dtype": dtype_name(dtype),
-                         "device": cpu_kind() if device.type == "cpu" else torch.cuda.get_device_name(device),
-                         "checkpoint": checkpoint, "signature": scores["signature"]}
-    results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    return results

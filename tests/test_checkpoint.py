@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import nmt
-from nmt.checkpoint import average_checkpoints, load_checkpoint, load_translator, save_atomic
+from nmt.checkpoint import average_checkpoints, load_checkpoint, load_trained_model, save_atomic
 from nmt.config import SubwordConfig
 from nmt.data.subword import train_subword
 from nmt.errors import NMTError
@@ -76,7 +76,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_whole(tmp_path, monkeypat
     target, broken = FAILURES[failure]
     module, name = target.split(".")
     monkeypatch.setattr({"torch": torch, "os": os}[module], name, broken)
-    with pytest.raises(OSError):
+    with pytest.raises(NMTError, match=f"^cannot write {path}: "):
         save_atomic({"format": nmt.CHECKPOINT_FORMAT, "model": {"w": -torch.arange(1000.0)}}, path)
     monkeypatch.undo()
 
@@ -159,7 +159,7 @@ def test_every_kind_of_damage_is_reported_naming_the_file(run, tmp_path, damage)
     path = tmp_path / f"{damage.replace(' ', '_')}.pt"
     path.write_bytes(DAMAGE[damage](data, load(source)))
     with pytest.raises(NMTError) as err:
-        load_translator(path)
+        load_trained_model(path)
     message = str(err.value)
     assert str(path) in message and "\n" not in message
     if damage == "incompatible format version":
@@ -225,7 +225,7 @@ def test_averaging_two_checkpoints_gives_the_mean_of_their_parameters(run, tmp_p
 
     out = tmp_path / "avg.pt"
     assert run_cli("average", a, b, "-o", out).code == 0
-    translator = load_translator(out)  # self-contained: config and SentencePiece model came along
+    translator = load_trained_model(out)  # self-contained: config and SentencePiece model came along
     assert max_difference(translator.model.state_dict(), averaged["model"]) == 0.0
     assert max_difference(average_checkpoints([a, a, a])["model"], ma) <= 1e-7
 
@@ -263,7 +263,7 @@ def test_weights_that_do_not_match_the_checkpoint_s_vocabulary_are_refused(run, 
     path = tmp_path / "mismatch.pt"
     save_atomic(payload, path)
     with pytest.raises(NMTError) as err:
-        load_translator(path)
+        load_trained_model(path)
     assert str(err.value).startswith(f"{path}: ") and expected in str(err.value)
 
 
@@ -274,11 +274,11 @@ def test_a_checkpoint_from_before_scaled_embeddings_keeps_computing_what_it_was_
     payload = load(run / "final.pt")
     assert payload["config"]["model"]["scale_embeddings"] is True  # today's default
     emb_dim = payload["config"]["model"]["emb_dim"]
-    assert load_translator(run / "final.pt").model.encoder.emb_scale == emb_dim ** 0.5
+    assert load_trained_model(run / "final.pt").model.encoder.emb_scale == emb_dim ** 0.5
     del payload["config"]["model"]["scale_embeddings"]  # as written before the option existed
     old = tmp_path / "old.pt"
     save_atomic(payload, old)
-    translator = load_translator(old)
+    translator = load_trained_model(old)
     assert translator.config.model.scale_embeddings is False
     assert translator.model.encoder.emb_scale == translator.model.decoder.emb_scale == 1.0
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from nmt.data.cache import EncodedCorpus
 from nmt.data.collate import collate, pad_sources
-from nmt.data.subword import BOS, EOS, PAD
+from nmt.tokens import BOS, EOS, PAD
 
 sentences = st.lists(st.integers(4, 500), max_size=12)  # ids 0-3 are special
 

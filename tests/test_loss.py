@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nmt.data.subword import PAD
+from nmt.tokens import PAD
 from nmt.loss import sequence_loss
 
 

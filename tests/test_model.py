@@ -10,7 +10,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from nmt.config import ModelConfig
-from nmt.data.subword import BOS, EOS, PAD
+from nmt.tokens import BOS, EOS, PAD
 from nmt.errors import NMTError
 from nmt.model.seq2seq import Seq2Seq, build_model
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from nmt.data.collate import pad_sources
-from nmt.data.subword import BOS, EOS, PAD
+from nmt.tokens import BOS, EOS, PAD
 from nmt.errors import NMTError
-from nmt.search import beam_search, greedy_search, sample, translate_batch
+from nmt.config import DecodeConfig
+from nmt.search import Hypothesis, Search
 from translation_fixtures import tiny_model
 
 
@@ -22,6 +23,20 @@ VARIANTS = [
     dict(cell="gru", attention="dot", bridge="mean", tie_embeddings="decoder"),
     dict(cell="lstm", attention="none", bridge="zero"),
 ]
+
+
+def search(models, src, lengths, with_attention=False, generator=None, **options) -> list[list[Hypothesis]]:
+    """What `nmt translate` runs with these decoding options."""
+    return Search(DecodeConfig(**options)).generate(models, src, lengths, with_attention, generator)
+
+
+def greedy_search(models, src, lengths, **options) -> list[list[Hypothesis]]:
+    return Search(DecodeConfig(beam=1, **options)).greedy_search(models, src, lengths)
+
+
+def beam_search(models, src, lengths, beam: int, **options) -> list[list[Hypothesis]]:
+    """The beam path whatever the beam, 1 included."""
+    return Search(DecodeConfig(beam=beam, **options)).beam_search(models, src, lengths)
 
 
 def random_sources(vocab: int, n: int, seed: int, max_len: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +138,7 @@ def test_beam_with_greedy_floor_never_scores_below_greedy(length_penalty: str) -
                        max_len_a=1.0, max_len_b=3, min_len=0)
         greedy = greedy_search([model], src, lengths, **options)
         for k in (2, 4):
-            beam = translate_batch([model], src, lengths, k, nbest=2, greedy_floor=True, **options)
+            beam = search([model], src, lengths, beam=k, nbest=2, greedy_floor=True, **options)
             for g, b in zip(greedy, beam):
                 assert b[0].score >= g[0].score - 1e-6
                 assert b[0].score >= b[-1].score
@@ -135,10 +150,10 @@ def test_a_sentence_alone_equals_it_inside_a_batch(variant: int, beam: int) -> N
     model = tiny_model(19, seed=20 + variant, **VARIANTS[variant])
     src, lengths = random_sources(19, 5, seed=variant, max_len=9)
     options = dict(beam=beam, nbest=beam, alpha=1.0, max_len_a=1.0, max_len_b=3, with_attention=True)
-    batched = translate_batch([model], src, lengths, **options)
+    batched = search([model], src, lengths, **options)
     for i in range(src.size(0)):
         alone_src = src[i : i + 1, : int(lengths[i])]
-        alone = translate_batch([model], alone_src, lengths[i : i + 1], **options)[0]
+        alone = search([model], alone_src, lengths[i : i + 1], **options)[0]
         assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
         for a, b in zip(alone, batched[i]):
             assert a.score == pytest.approx(b.score, abs=1e-5)
@@ -151,7 +166,7 @@ def test_a_sentence_alone_equals_it_inside_a_batch(variant: int, beam: int) -> N
 def test_nbest_lists_are_sorted_and_distinct(seed: int) -> None:
     model = tiny_model(11, seed=seed)
     src, lengths = random_sources(11, 5, seed=seed)
-    for sentence in translate_batch([model], src, lengths, beam=5, nbest=5, alpha=1.0, max_len_a=1.0,
+    for sentence in search([model], src, lengths, beam=5, nbest=5, alpha=1.0, max_len_a=1.0,
                                     max_len_b=3):
         scores = [h.score for h in sentence]
         assert len(sentence) == 5
@@ -163,7 +178,7 @@ def test_nbest_lists_are_sorted_and_distinct(seed: int) -> None:
 def test_lengths_stay_within_min_and_max(beam: int) -> None:
     model = tiny_model(9, seed=3)
     src, lengths = random_sources(9, 6, seed=3)
-    hyps = translate_batch([model], src, lengths, beam=beam, nbest=beam, max_len_a=0.5, max_len_b=2, min_len=3)
+    hyps = search([model], src, lengths, beam=beam, nbest=beam, max_len_a=0.5, max_len_b=2, min_len=3)
     for i, sentence in enumerate(hyps):
         longest = max(3, math.floor(0.5 * int(lengths[i]) + 2))
         assert all(3 <= len(h.tokens) <= longest for h in sentence)
@@ -185,14 +200,14 @@ def test_finished_sentences_leave_the_batch() -> None:
     src, lengths = pad_sources([np.array([4]), np.arange(4, 9).repeat(3)])  # max lengths 2 and 16
     for beam in (1, 3):
         rows.clear()
-        translate_batch([model], src, lengths, beam=beam, max_len_a=1.0, max_len_b=0, min_len=0)
+        search([model], src, lengths, beam=beam, max_len_a=1.0, max_len_b=0, min_len=0)
         assert rows == [2 * beam] * 3 + [beam] * 14
 
 
 def test_coverage_penalty_is_computed_from_the_attention() -> None:
     model = tiny_model(11, seed=5)
     src, lengths = random_sources(11, 3, seed=5)
-    hyps = translate_batch([model], src, lengths, beam=3, nbest=3, alpha=1.0, coverage_penalty=0.4,
+    hyps = search([model], src, lengths, beam=3, nbest=3, alpha=1.0, coverage_penalty=0.4,
                            max_len_a=1.0, max_len_b=2, with_attention=True)
     for sentence in hyps:
         for h in sentence:
@@ -207,12 +222,12 @@ def test_sampling_is_deterministic_for_a_seed() -> None:
 
     def draw(seed: int, **options) -> list[list[list[int]]]:
         generator = torch.Generator().manual_seed(seed)
-        hyps = translate_batch([model], src, lengths, beam=1, nbest=3, sampling_temperature=1.5,
+        hyps = search([model], src, lengths, beam=1, nbest=3, temperature=1.5,
                                generator=generator, max_len_a=1.0, max_len_b=3, **options)
         return [[h.tokens for h in sentence] for sentence in hyps]
 
     assert draw(1) == draw(1)
-    assert draw(1, sampling_topk=4) == draw(1, sampling_topk=4)
+    assert draw(1, topk=4) == draw(1, topk=4)
     assert draw(1) != draw(2)
 
 
@@ -220,7 +235,7 @@ def test_sampling_from_the_top_token_only_is_greedy() -> None:
     model = tiny_model(15, seed=7)
     src, lengths = random_sources(15, 5, seed=7)
     greedy = greedy_search([model], src, lengths, max_len_a=1.0, max_len_b=3)
-    sampled = sample([model], src, lengths, temperature=0.7, topk=1, max_len_a=1.0, max_len_b=3,
+    sampled = search([model], src, lengths, temperature=0.7, topk=1, max_len_a=1.0, max_len_b=3,
                      generator=torch.Generator().manual_seed(0))
     assert [s[0].tokens for s in sampled] == [g[0].tokens for g in greedy]
     assert [s[0].log_prob for s in sampled] == pytest.approx([g[0].log_prob for g in greedy], abs=1e-5)
@@ -231,8 +246,8 @@ def test_an_ensemble_of_a_model_with_itself_equals_the_model(beam: int) -> None:
     model = tiny_model(13, seed=8, cell="lstm")
     src, lengths = random_sources(13, 5, seed=8)
     options = dict(beam=beam, nbest=beam, max_len_a=1.0, max_len_b=3, with_attention=True)
-    single = translate_batch([model], src, lengths, **options)
-    double = translate_batch([model, model], src, lengths, **options)
+    single = search([model], src, lengths, **options)
+    double = search([model, model], src, lengths, **options)
     for s, d in zip(single, double):
         assert [h.tokens for h in s] == [h.tokens for h in d]
         assert [h.score for h in s] == pytest.approx([h.score for h in d], abs=1e-5)
@@ -242,7 +257,7 @@ def test_an_ensemble_averages_log_probabilities() -> None:
     """Greedy with two different models follows the argmax of their mean log-probabilities at every step."""
     a, b = tiny_model(11, seed=9), tiny_model(11, seed=10, cell="lstm")
     src, lengths = random_sources(11, 1, seed=9)
-    (hyp,), = translate_batch([a, b], src, lengths, beam=1, max_len_a=1.0, max_len_b=3, min_len=0)
+    (hyp,), = search([a, b], src, lengths, beam=1, max_len_a=1.0, max_len_b=3, min_len=0)
     prefix = hyp.tokens + [EOS]
     forced_eos = len(hyp.tokens) == int(lengths[0]) + 3  # at the maximum length EOS is the only choice
     for t in range(len(prefix) - forced_eos):
@@ -259,9 +274,9 @@ def test_an_ensemble_averages_log_probabilities() -> None:
 def test_search_leaves_training_mode_as_it_was() -> None:
     model = tiny_model(11, seed=11, dropout=0.5, emb_dropout=0.5)
     src, lengths = random_sources(11, 3, seed=11)
-    expected = [h[0].tokens for h in translate_batch([model], src, lengths, beam=3)]
+    expected = [h[0].tokens for h in search([model], src, lengths, beam=3)]
     model.train()
-    assert [h[0].tokens for h in translate_batch([model], src, lengths, beam=3)] == expected
+    assert [h[0].tokens for h in search([model], src, lengths, beam=3)] == expected
     assert model.training
 
 
@@ -269,9 +284,9 @@ def test_bad_options_are_user_errors() -> None:
     model = tiny_model(11, seed=12)
     src, lengths = random_sources(11, 2, seed=12)
     with pytest.raises(NMTError, match="nbest"):
-        translate_batch([model], src, lengths, beam=2, nbest=3)
+        search([model], src, lengths, beam=2, nbest=3)
     with pytest.raises(NMTError, match="beam"):
-        translate_batch([model], src, lengths, beam=0)
+        search([model], src, lengths, beam=0)
     with pytest.raises(NMTError, match="temperature"):
-        translate_batch([model], src, lengths, beam=1, sampling_temperature=0.0)
-    assert translate_batch([model], src[:0], lengths[:0], beam=2) == []
+        search([model], src, lengths, beam=1, temperature=0.0)
+    assert search([model], src[:0], lengths[:0], beam=2) == []

@@ -9,7 +9,8 @@ import pytest
 import sentencepiece as spm
 
 from nmt.config import SubwordConfig
-from nmt.data.subword import BOS, EOS, PAD, UNK, Subword, train_subword
+from nmt.data.subword import Subword, train_subword
+from nmt.tokens import BOS, EOS, PAD, UNK
 from nmt.errors import NMTError
 
 

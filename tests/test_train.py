@@ -19,10 +19,11 @@ import pytest
 import torch
 
 import nmt.train as train_module
-from nmt.checkpoint import load_checkpoint, load_translator
+from nmt.checkpoint import load_checkpoint, load_trained_model
 from nmt.config import TrainConfig, load_config
 from nmt.data.prepare import prepare
-from nmt.train import Dist, Trainer, build_scheduler, seed_everything, teacher_forcing_ratio, train
+from nmt.distributed import Dist
+from nmt.train import Trainer, build_scheduler, seed_everything, teacher_forcing_ratio, train
 from training_fixtures import load, max_difference, run_process, tiny_train_dict, to_config, write_yaml
 
 N_UPDATES = 12
@@ -77,7 +78,7 @@ def test_a_run_writes_the_experiment_folder(tiny_corpus, tmp_path: Path):
 
     final = load_checkpoint(exp / "final.pt")
     assert "optimizer" not in final and "rng" not in final  # what translation needs, not training state
-    translator = load_translator(exp / "final.pt")
+    translator = load_trained_model(exp / "final.pt")
     assert translator.config == cfg
     best_first = load(Path(last["progress"]["best"][0][2]))["model"]
     assert max_difference(final["model"], best_first) == 0.0

@@ -1,4 +1,4 @@
-"""Translating sentences and files: order kept, no line lost, the CLI round-trips a file."""
+"""`nmt translate`: files and stdin in, translations out, line for line; the command round-trips a file."""
 
 from __future__ import annotations
 
@@ -16,75 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nmt.translate
-from nmt.checkpoint import Translator, load_translator
+from nmt.checkpoint import load_trained_model
 from nmt.cli import main
-from nmt.config import DecodeConfig
-from nmt.translate import Translation, translate_sentences
+from nmt.translator import Translator
 from translation_fixtures import make_checkpoint, synthetic_sentences, tiny_spm
 
-
-POOL = synthetic_sentences(12, seed=3) + ["", "   ", "ka"]
-DECODE = DecodeConfig(beam=3, max_len_a=1.0, max_len_b=3)
 CPU = torch.device("cpu")
-
-
-@functools.lru_cache(maxsize=1)
-def translator() -> Translator:
-    """One model for the whole module (hypothesis cannot use function-scoped fixtures)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return load_translator(make_checkpoint(Path(tmp) / "model.pt", seed=1))
-
-
-def translate(sentences: list[str], batch_tokens: int = 40, decode: DecodeConfig = DECODE,
-              **kwargs: object) -> list[list[Translation]]:
-    t = translator()
-    return translate_sentences([t.model], t.src_model, t.tgt_model, sentences, decode, CPU, torch.float32,
-                               batch_tokens, **kwargs)
-
-
-@functools.lru_cache(maxsize=None)
-def alone(sentence: str) -> tuple[list[int], float]:
-    (hyp,) = translate([sentence])[0]
-    return hyp.tokens, hyp.score
-
-
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.sampled_from(POOL), max_size=10), st.integers(min_value=1, max_value=80))
-def test_order_and_empty_lines_are_kept(sentences: list[str], batch_tokens: int) -> None:
-    results = translate(sentences, batch_tokens=batch_tokens)
-    assert len(results) == len(sentences)
-    for sentence, hyps in zip(sentences, results):
-        assert len(hyps) == 1
-        if not sentence.strip():
-            assert hyps[0].text == "" and hyps[0].tokens == []
-        else:
-            tokens, score = alone(sentence)
-            assert hyps[0].tokens == tokens
-            assert hyps[0].score == pytest.approx(score, abs=1e-5)
-
-
-def test_empty_input_gives_empty_output() -> None:
-    assert translate([]) == []
-
-
-def test_a_long_line_is_truncated_with_a_warning_not_dropped(caplog: pytest.LogCaptureFixture) -> None:
-    t = translator()
-    long_line = " ".join(synthetic_sentences(400, seed=9))
-    ids = t.src_model.encode([long_line])[0]
-    assert len(ids) > nmt.translate.MAX_SOURCE_TOKENS
-    with caplog.at_level(logging.WARNING, logger="nmt.translate"):
-        results = translate(["ka lo", long_line, "mi"], decode=DecodeConfig(beam=2, max_len_a=0.0, max_len_b=3),
-                            first_line=41)
-    assert len(results) == 3 and all(len(r) == 1 for r in results)
-    assert results[1][0].source == ids[: nmt.translate.MAX_SOURCE_TOKENS]
-    assert [r.message for r in caplog.records if "truncated" in r.message] == [
-        f"line 42: {len(ids)} subwords, truncated to the model's limit of {nmt.translate.MAX_SOURCE_TOKENS}"]
-
-
-def test_nbest_translations_are_sorted() -> None:
-    for hyps in translate(POOL[:5], decode=DecodeConfig(beam=4, nbest=3, max_len_a=1.0, max_len_b=3)):
-        assert len(hyps) == 3
-        assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +48,8 @@ def run_translate(checkpoint: Path, input_file: Path, output: Path, *extra: str)
 def test_cli_translate_round_trips_a_file(checkpoint: Path, input_file: Path, tmp_path: Path) -> None:
     inputs = input_file.read_text(encoding="utf-8").split("\n")[:-1]
     outputs = run_translate(checkpoint, input_file, tmp_path / "out.txt")
-    t = load_translator(checkpoint)
-    expected = translate_sentences([t.model], t.src_model, t.tgt_model, inputs, t.config.decode, CPU, torch.float32,
-                                   t.config.decode.batch_tokens)
+    trained = load_trained_model(checkpoint)
+    expected = Translator([trained], trained.config.decode, CPU, torch.float32).translate_lines(inputs)
     assert outputs == [hyps[0].text for hyps in expected]
     assert [o == "" for o in outputs] == [i == "" for i in inputs]
 
@@ -148,7 +84,7 @@ def test_cli_translate_nbest_lines(checkpoint: Path, input_file: Path, tmp_path:
 
 def test_cli_nbest_widens_the_checkpoint_beam_unless_a_beam_is_given(checkpoint: Path, input_file: Path,
                                                                      tmp_path: Path) -> None:
-    assert load_translator(checkpoint).config.decode.beam == 3
+    assert load_trained_model(checkpoint).config.decode.beam == 3
     lines = run_translate(checkpoint, input_file, tmp_path / "nbest.txt", "--nbest", "4")
     inputs = input_file.read_text(encoding="utf-8").split("\n")[:-1]
     assert len(lines) == sum(4 if line else 1 for line in inputs)

@@ -1,4 +1,4 @@
-"""Where does beam search spend its time? torch.profiler over one `translate_sentences` call.
+"""Where does beam search spend its time? torch.profiler over one `Translator.translate_lines` call.
 
     python tools/profile_search.py .bench_cache/models/nmt-bf16-*/final.pt \\
         $NMT_DATA_DIR/multi30k/test2016.de.gz --beam 5 --dtype bf16
@@ -34,21 +34,16 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from nmt.checkpoint import load_translator
-    from nmt.precision import cpu_kind, resolve_dtype
-    from nmt.translate import translate_sentences
+    from nmt.precision import cpu_kind
+    from nmt.translator import Translator
 
     torch.set_num_threads(args.threads)
-    device = torch.device("cpu")
-    dtype = resolve_dtype(args.dtype, device)
-    t = load_translator(args.checkpoint)
+    translator = Translator.load(args.checkpoint, device="cpu", dtype=args.dtype, beam=args.beam)
+    dtype = translator.dtype
     opener = gzip.open if args.source.endswith(".gz") else open
     with opener(args.source, "rt", encoding="utf-8") as f:
         lines = f.read().splitlines()[: args.sentences]
-    decode = t.config.decode
-    decode.beam = args.beam
-    run = lambda src: translate_sentences([t.model], t.src_model, t.tgt_model, src, decode, device,  # noqa: E731
-                                          dtype, decode.batch_tokens)
+    run = translator.translate_lines
     run(lines[:20])  # warm-up
     started = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:

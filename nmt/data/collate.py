@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from nmt.data.cache import EncodedCorpus
-from nmt.data.subword import BOS, EOS, PAD
+from nmt.tokens import BOS, EOS, PAD
 
 
 @dataclass

@@ -6,10 +6,15 @@ which `str.splitlines` would treat as line ends and so silently misalign the two
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import itertools
 import logging
+import os
+import select
+import stat
+import sys
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,22 +26,50 @@ from nmt.errors import NMTError
 log = logging.getLogger(__name__)
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def open_binary(path: str | Path) -> io.BufferedIOBase:
-    """Open a file for reading bytes, decompressing `.gz` (recognised by its magic number, not its name)."""
+    """Open a file for reading bytes, decompressing gzip (recognised by its magic number, not its name).
+
+    The file is opened exactly once, so a pipe, a FIFO or a process substitution (`<(zcat ...)`) reads like
+    a file: reopening one would find it drained, or block for ever.
+    """
     path = Path(path)
     if not path.exists():
         raise NMTError(f"file not found: {path}")
     if path.is_dir():
         raise NMTError(f"{path}: is a directory, expected a file")
-    raw = open(path, "rb")
-    if raw.peek(2)[:2] == b"\x1f\x8b":
-        raw.close()  # a GzipFile does not close a file object it was given, so let it open its own
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return raw
+    try:
+        raw = open(path, "rb")
+    except OSError as err:
+        raise NMTError(f"cannot read {path}: {err.strerror}") from None
+    return _maybe_gunzip(raw)
+
+
+def _maybe_gunzip(raw: io.BufferedReader) -> io.BufferedIOBase:
+    try:
+        magic = raw.peek(2)[:2]
+    except (OSError, ValueError, AttributeError):  # a stream without peek (an in-memory stdin in tests)
+        return raw
+    return gzip.GzipFile(fileobj=raw, mode="rb") if magic == b"\x1f\x8b" else raw  # type: ignore[return-value]
+
+
+def _decode_line(raw: bytes, name: str | Path, line_no: int) -> str:
+    """One line's bytes (its `\n` removed) as text: a `\r` before the `\n` and a byte-order mark at the start
+    of the file are not part of it, as sacrebleu and SentencePiece see it."""
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    if line_no == 1 and raw.startswith(BOM):
+        raw = raw[len(BOM):]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise NMTError(f"{name} line {line_no}: invalid UTF-8 at byte {err.start} ({err.reason})") from None
 
 
 def read_lines(path: str | Path) -> Iterator[str]:
-    """Yield the lines of a UTF-8 text file without their `\\n` (and without a `\\r` before it).
+    """Yield the lines of a UTF-8 text file without their `\n` (and without a `\r` before it, or a BOM).
 
     Invalid UTF-8 or a damaged gzip stream is reported with the file and line number.
     """
@@ -45,16 +78,7 @@ def read_lines(path: str | Path) -> Iterator[str]:
         try:
             for raw in stream:
                 line_no += 1
-                if raw.endswith(b"\n"):
-                    raw = raw[:-1]
-                if raw.endswith(b"\r"):
-                    raw = raw[:-1]
-                try:
-                    yield raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    raise NMTError(
-                        f"{path} line {line_no}: invalid UTF-8 at byte {err.start} ({err.reason})"
-                    ) from None
+                yield _decode_line(raw[:-1] if raw.endswith(b"\n") else raw, path, line_no)
         except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
             raise NMTError(f"{path} line {line_no + 1}: cannot read ({err})") from None
 
@@ -70,6 +94,65 @@ def count_lines(path: str | Path) -> int:
         except (OSError, EOFError, zlib.error) as err:  # a damaged .gz stream
             raise NMTError(f"{path} line {count + 1}: cannot read ({err})") from None
         return count + (1 if last and not last.endswith(b"\n") else 0)
+
+
+def is_regular_file(path: str | Path | None) -> bool:
+    """A file that can be read twice (to count its lines first); stdin, pipes and FIFOs cannot."""
+    try:
+        return path is not None and stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _more_ready(stream: io.BufferedIOBase) -> bool:
+    """Whether the stream can give more bytes without waiting: always for a file, and for a pipe or a terminal
+    when a writer has already sent them."""
+    if isinstance(stream, gzip.GzipFile):
+        return True
+    try:
+        fd = stream.fileno()
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return True
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return True  # in memory
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def read_line_chunks(path: str | Path | None, max_lines: int) -> Iterator[list[str]]:
+    """The lines of a file (stdin when `path` is None), read exactly once, in chunks of at most `max_lines`.
+
+    A chunk also ends where the input pauses: when a pipe or a terminal delivers one line at a time, each line
+    is yielded as soon as it has arrived, so its translation need not wait for the next one (fairseq-interactive
+    waits for `--buffer-size` lines). A file always fills its chunks.
+    """
+    name = path if path is not None else "<stdin>"
+    stream = open_binary(path) if path is not None else _maybe_gunzip(sys.stdin.buffer)
+    line_no = 0
+    pending: list[str] = []
+    partial: list[bytes] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            if path is not None:
+                stack.enter_context(stream)
+            while data := stream.read1(1 << 16):
+                *complete, rest = data.split(b"\n")
+                for raw in complete:
+                    line_no += 1
+                    pending.append(_decode_line(b"".join([*partial, raw]), name, line_no))
+                    partial = []
+                partial.append(rest)
+                while len(pending) >= max_lines:
+                    yield pending[:max_lines]
+                    del pending[:max_lines]
+                if pending and not _more_ready(stream):
+                    yield pending
+                    pending = []
+    except (OSError, EOFError, zlib.error) as err:
+        raise NMTError(f"{name} line {line_no + 1}: cannot read ({err})") from None
+    if any(partial):
+        pending.append(_decode_line(b"".join(partial), name, line_no + 1))
+    for start in range(0, len(pending), max_lines):
+        yield pending[start:start + max_lines]
 
 
 def _aligned_text_pairs(src_path: str, tgt_path: str) -> Iterator[tuple[str, str]]:

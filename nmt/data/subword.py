@@ -1,7 +1,7 @@
 """SentencePiece models: training (joint or per language) and a small wrapper with fixed special ids.
 
-The special ids are the same in every model (pad 0, unk 1, bos 2, eos 3), so the model code never has to ask
-which id padding has. The serialized model travels inside each checkpoint, so a checkpoint translates alone.
+Every model gets the special ids of `nmt.tokens` (pad 0, unk 1, bos 2, eos 3), so the model code never has to
+ask which id padding has. The serialized model travels inside each checkpoint, so a checkpoint translates alone.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import sentencepiece as spm
 
 from nmt.config import SubwordConfig
 from nmt.errors import NMTError
+from nmt.tokens import BOS, EOS, PAD, UNK
 
 log = logging.getLogger(__name__)
-
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
 
 class Subword:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from nmt.config import ModelConfig
-from nmt.data.subword import PAD
+from nmt.tokens import PAD
 from nmt.errors import NMTError
 from nmt.model.attention import build_attention
 from nmt.model.decoder import Decoder, DecoderState, StepWeights

@@ -168,9 +168,9 @@ def _differences(a: object, b: object, prefix: str = "") -> list[str]:
 def config_differences(cfg: Config, checkpoint: Path) -> list[str]:
     """Config keys whose values differ between `cfg` and the config stored in `checkpoint`. Keys that do not
     change the trained model (where it lives, its test sets and how it decodes) are left out."""
-    import torch
+    from nmt.checkpoint import load_checkpoint, stored_config
 
-    stored = torch.load(checkpoint, map_location="cpu", weights_only=False).get("config", {})
+    stored = stored_config(load_checkpoint(checkpoint))
     ignored = ("exp_dir", "data.test", "decode")
     return [key for key in _differences(to_dict(cfg), stored)
             if not any(key == i or key.startswith(i + ".") for i in ignored)]

@@ -1,0 +1,173 @@
+"""The one decode path: sentences in, translations out, for every caller (`nmt translate`, `nmt test`,
+validation during training, the Python API and the service).
+
+A `Translator` holds one model or an ensemble with its SentencePiece models, a device, a compute dtype and its
+decoding options, bound once. Sentences are sorted by length and batched by source tokens, so padding stays
+small, then put back in input order. An empty sentence gives one empty translation (score 0) without reaching
+the model; a line longer than `MAX_LINE_SUBWORDS` subwords is cut to that length with a warning naming its
+line, never dropped.
+
+    import nmt
+    translator = nmt.load("exp/multi30k_de_en/final.pt")
+    translator.translate("Ein Mann fährt Fahrrad.")          # -> one string
+    translator.translate(["Zwei Hunde.", "Ein Haus."], beam=1)  # -> a list of strings
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
+
+import numpy as np
+import torch
+
+from nmt.checkpoint import TrainedModel, load_ensemble
+from nmt.config import DecodeConfig, OptionStyle, decode_options
+from nmt.data.batching import make_batches
+from nmt.data.collate import pad_sources
+from nmt.errors import NMTError
+from nmt.precision import autocast, resolve_device, resolve_dtype
+from nmt.search import Hypothesis, Search
+from nmt.tokens import MAX_LINE_SUBWORDS, with_eos
+
+log = logging.getLogger(__name__)
+
+# One sentence's subword ids, or None for an empty sentence (it never reaches the model).
+Source = Sequence[int] | np.ndarray | None
+
+
+@dataclass
+class Translation(Hypothesis):
+    """A hypothesis with its detokenised text and the source ids the model saw (after truncation)."""
+
+    text: str = ""
+    source: list[int] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def of(cls, hyp: Hypothesis, text: str, source: list[int]) -> Translation:
+        fields = {f.name: getattr(hyp, f.name) for f in dataclasses.fields(Hypothesis)}
+        return cls(**fields, text=text, source=source)
+
+
+class Translator:
+    """Translates with one model or an ensemble; decoding options are bound when it is built."""
+
+    def __init__(self, members: list[TrainedModel], decode: DecodeConfig, device: torch.device,
+                 dtype: torch.dtype):
+        if not members:
+            raise NMTError("no checkpoint given")
+        self.members = members
+        self.models = [m.model for m in members]
+        self.src_spm, self.tgt_spm = members[0].src_spm, members[0].tgt_spm
+        self.decode = decode
+        self.search = Search(decode)
+        self.device, self.dtype = device, dtype
+        self.generator = (torch.Generator(device=device).manual_seed(decode.seed)
+                          if decode.temperature is not None else None)
+
+    @classmethod
+    def load(cls, paths: str | os.PathLike | Sequence[str | os.PathLike], device: str = "auto",
+             dtype: str = "auto", style: OptionStyle = "api", **options: Any) -> Translator:
+        """Load a checkpoint (or several, decoded as an ensemble) with the first one's decoding options, changed
+        by `options` (DecodeConfig fields; None leaves one as it is)."""
+        paths = [str(p) for p in paths] if isinstance(paths, (list, tuple)) else [str(paths)]
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        members = load_ensemble(paths, torch_device)
+        decode = decode_options(members[0].config.decode, options, style)
+        return cls(members, decode, torch_device, torch_dtype)
+
+    @property
+    def has_attention(self) -> bool:
+        return all(m.decoder.attention is not None for m in self.models)
+
+    def with_options(self, style: OptionStyle = "api", **options: Any) -> Translator:
+        """This translator's models with other decoding options (checked, and named in the caller's terms)."""
+        decode = decode_options(self.decode, options, style)
+        return self if decode == self.decode else Translator(self.members, decode, self.device, self.dtype)
+
+    # ------------------------------------------------------------------------------------------- the decode loop
+
+    def encode(self, sentences: Sequence[str], first_line: int = 1) -> list[list[int] | None]:
+        """Subword ids per sentence, None for an empty one; over-long ones truncated with a warning naming their
+        line (`first_line` is the 1-based line of `sentences[0]` in its file)."""
+        encoded: list[list[int] | None] = []
+        for i, ids in enumerate(self.src_spm.encode(list(sentences))):
+            if not ids:
+                encoded.append(None)
+                continue
+            if len(ids) > MAX_LINE_SUBWORDS:
+                log.warning("line %d: %d subwords, truncated to the model's limit of %d", first_line + i, len(ids),
+                            MAX_LINE_SUBWORDS)
+                ids = ids[:MAX_LINE_SUBWORDS]
+            encoded.append(ids)
+        return encoded
+
+    def iter_translations(self, sources: Sequence[Source], with_attention: bool = False
+                          ) -> Iterator[tuple[list[int], list[list[Translation]]]]:
+        """Translate encoded sentences batch by batch: yields (positions in `sources`, their translations),
+        empty sentences first, then the batches in length order. Every caller's loop is this one."""
+        empty = [i for i, ids in enumerate(sources) if ids is None or len(ids) == 0]
+        if empty:
+            yield empty, [[Translation([], 0.0, 0.0)] for _ in empty]
+        todo = [i for i, ids in enumerate(sources) if ids is not None and len(ids) > 0]
+        if not todo:
+            return
+        lengths = with_eos(np.array([len(sources[i]) for i in todo]))
+        for batch in make_batches(lengths, lengths, self.decode.batch_tokens, shuffle=False):
+            positions = [todo[j] for j in batch]
+            src, src_lengths = pad_sources([np.asarray(sources[i], dtype=np.int64) for i in positions])
+            with autocast(self.device, self.dtype):
+                hyps = self.search.generate(self.models, src.to(self.device), src_lengths, with_attention,
+                                            self.generator)
+            texts = iter(self.tgt_spm.decode([h.tokens for sentence in hyps for h in sentence]))
+            yield positions, [[Translation.of(h, next(texts), [int(t) for t in sources[i]]) for h in sentence]
+                              for i, sentence in zip(positions, hyps)]
+
+    def translate_encoded(self, sources: Sequence[Source], with_attention: bool = False
+                          ) -> list[list[Translation]]:
+        """`decode.nbest` translations of each encoded sentence, best first, in input order."""
+        results: list[list[Translation]] = [[] for _ in sources]
+        for positions, translations in self.iter_translations(sources, with_attention):
+            for i, translation in zip(positions, translations):
+                results[i] = translation
+        return results
+
+    def translate_lines(self, sentences: Sequence[str], first_line: int = 1, with_attention: bool = False
+                        ) -> list[list[Translation]]:
+        """`decode.nbest` translations of each raw sentence, best first, in input order."""
+        return self.translate_encoded(self.encode(sentences, first_line), with_attention)
+
+    # ------------------------------------------------------------------------------------------- the Python API
+
+    @overload
+    def translate(self, text: str, **options: Any) -> str: ...
+
+    @overload
+    def translate(self, text: Sequence[str], **options: Any) -> list[str]: ...
+
+    def translate(self, text: str | Sequence[str], **options: Any) -> str | list[str]:
+        """The best translation of a sentence (a string), or of each sentence of a list (a list, in order).
+        `options` are decoding options for this call (beam=1, alpha=0.6, ...)."""
+        sentences = [text] if isinstance(text, str) else list(text)
+        _check_sentences(sentences)
+        texts = [hyps[0].text for hyps in self.with_options(**options).translate_lines(sentences)]
+        return texts[0] if isinstance(text, str) else texts
+
+    def translate_nbest(self, sentences: Sequence[str], **options: Any) -> list[list[Translation]]:
+        """`nbest` translations per sentence with their scores, ids and (with `with_attention=True`) attention;
+        `options` are decoding options for this call, such as nbest=5 or beam=8."""
+        with_attention = bool(options.pop("with_attention", False))
+        sentences = list(sentences)
+        _check_sentences(sentences)
+        return self.with_options(**options).translate_lines(sentences, with_attention=with_attention)
+
+
+def _check_sentences(sentences: list[Any]) -> None:
+    for i, sentence in enumerate(sentences):
+        if not isinstance(sentence, str):
+            raise NMTError(f"sentence {i} is a {type(sentence).__name__}, not a string")
