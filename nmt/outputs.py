@@ -13,28 +13,55 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import stat
 import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Union
 
 from nmt.errors import NMTError
 
-# An input is a path, or an open file descriptor (0 for stdin).
-Input = Union[str, "os.PathLike[str]", int]
+@dataclass(frozen=True)
+class Stream:
+    """Standard input or output, as the file behind it: `nmt translate -o f.de < f.de` reads what it writes."""
+
+    name: str
+    fd: int | None  # None for a stream with no file behind it (in memory)
+
+
+def standard_input() -> Stream:
+    return Stream("standard input", _fileno(sys.stdin))
+
+
+def standard_output() -> Stream:
+    return Stream("standard output", _fileno(sys.stdout))
+
+
+def _fileno(stream: IO) -> int | None:
+    try:
+        return stream.fileno()
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+
+
+# An input or output: a path, or a standard stream.
+Input = Union[str, "os.PathLike[str]", Stream]
 
 
 def _stat(item: Input) -> os.stat_result | None:
     try:
-        return os.fstat(item) if isinstance(item, int) else os.stat(item)
+        if isinstance(item, Stream):
+            return os.fstat(item.fd) if item.fd is not None else None
+        return os.stat(item)
     except OSError:
         return None
 
 
 def _describe(item: Input) -> str:
-    return {0: "standard input", 1: "standard output"}.get(item, str(item)) if isinstance(item, int) else str(item)
+    return item.name if isinstance(item, Stream) else str(item)
 
 
 def same_file(a: Input, b: Input) -> bool:
@@ -65,7 +92,7 @@ def check_outputs(outputs: Iterable[Input | None], inputs: Iterable[Input | None
                                "the input: choose another output")
     for k, a in enumerate(outs):
         for b in outs[k + 1:]:
-            both_paths = not isinstance(a, int) and not isinstance(b, int)
+            both_paths = not isinstance(a, Stream) and not isinstance(b, Stream)
             if (_is_data_file(a) and same_file(a, b)) or (both_paths and Path(a).resolve() == Path(b).resolve()
                                                           and not Path(a).exists()):
                 raise NMTError(f"{_describe(a)} and {_describe(b)} are the same file; each output needs its own")

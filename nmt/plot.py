@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from nmt.errors import NMTError
+from nmt.outputs import atomic_output, check_outputs
 
 
 def _figure(width: float, height: float):  # -> matplotlib.figure.Figure
@@ -57,8 +58,9 @@ def plot_learning_curves(exp_dir: str | os.PathLike, output: str | os.PathLike |
     """Draw train/dev loss, dev BLEU and training tokens/s against updates into a PNG; returns its path
     (EXP/learning_curves.png by default)."""
     exp_dir = Path(exp_dir)
-    records = read_metrics(exp_dir / "metrics.jsonl")
     output = Path(output) if output is not None else exp_dir / "learning_curves.png"
+    check_outputs([output], [exp_dir / "metrics.jsonl"])
+    records = read_metrics(exp_dir / "metrics.jsonl")
     fig = _figure(12, 3.6)
     loss_ax, bleu_ax, speed_ax = fig.subplots(1, 3)
 
@@ -115,6 +117,7 @@ def read_alignment(path: str | os.PathLike, index: int) -> dict:
 
 def plot_attention(alignments_path: str | os.PathLike, index: int, output: str | os.PathLike) -> Path:
     """Heatmap of sentence `index`'s attention: source subwords across, target subwords down."""
+    check_outputs([output], [alignments_path])
     record = read_alignment(alignments_path, index)
     source, target = record["source"], record["target"]
     fig = _figure(max(4.0, 0.35 * len(source) + 2), max(3.0, 0.35 * len(target) + 1.5))
@@ -128,10 +131,7 @@ def plot_attention(alignments_path: str | os.PathLike, index: int, output: str |
 
 
 def _save(fig, output: Path) -> Path:
-    if not output.parent.is_dir():
-        raise NMTError(f"cannot write {output}: folder {output.parent} does not exist")
-    try:
-        fig.savefig(output, dpi=120)
-    except OSError as err:
-        raise NMTError(f"cannot write {output}: {err.strerror or err}") from None
+    """The figure as a PNG, written whole or not at all (`nmt.outputs.atomic_output`)."""
+    with atomic_output(output, binary=True) as f:
+        fig.savefig(f, format="png", dpi=120)
     return output

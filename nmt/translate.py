@@ -26,7 +26,8 @@ from tqdm import tqdm
 from nmt.data.corpus import count_lines, is_regular_file, read_line_chunks
 from nmt.data.subword import Subword
 from nmt.errors import NMTError
-from nmt.outputs import atomic_output, check_outputs, check_writable, stdout_error
+from nmt.outputs import (atomic_output, check_outputs, check_writable, standard_input, standard_output,
+                         stdout_error)
 from nmt.precision import describe_device, dtype_name
 from nmt.translator import Translation, Translator
 
@@ -94,8 +95,8 @@ def translate_file(translator: Translator, input_path: str | None, output_path: 
         raise NMTError(f"--buffer-lines must be at least 1, got {buffer_lines}")
     if alignments_path is not None and not translator.has_attention:
         raise NMTError("--alignments needs a model with attention; this checkpoint has attention: none")
-    inputs = [input_path if input_path is not None else 0, *(m.path for m in translator.members)]
-    check_outputs([output_path if output_path is not None else 1, alignments_path], inputs)
+    inputs = [input_path if input_path is not None else standard_input(), *(m.path for m in translator.members)]
+    check_outputs([output_path if output_path is not None else standard_output(), alignments_path], inputs)
     for path in (output_path, alignments_path):
         if path is not None:
             check_writable(path)

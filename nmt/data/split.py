@@ -19,6 +19,7 @@ from pathlib import Path
 from nmt.config import SplitSpec, expand_path
 from nmt.data.corpus import iter_pairs
 from nmt.errors import NMTError
+from nmt.outputs import atomic_output, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ def split_corpus(src: str, tgt: str, langs: tuple[str, str], key_lang: str, vali
             log.info("reusing the split in %s (same inputs, seed %d)", out, seed)
             return old
 
+    outputs = [out / MANIFEST, *(out / f"{name}.{lang}" for name in SPLIT_NAMES for lang in langs)]
+    check_outputs(outputs, [src, tgt])
     pairs = list(iter_pairs(SplitSpec(src=src, tgt=tgt), src_lang, tgt_lang))
     key_side = langs.index(key_lang)
     indices = split_by_key([pair[key_side] for pair in pairs], {"valid": valid, "test": test}, seed)
@@ -105,9 +108,8 @@ def split_corpus(src: str, tgt: str, langs: tuple[str, str], key_lang: str, vali
         chosen = [pairs[i] for i in indices[name]]
         for side, lang in enumerate(langs):
             path = out / f"{name}.{lang}"
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes("".join(pair[side] + "\n" for pair in chosen).encode("utf-8"))
-            tmp.replace(path)
+            with atomic_output(path) as f:
+                f.writelines(pair[side] + "\n" for pair in chosen)
             files[path.name] = _sha256(path)
         sizes[name] = {"pairs": len(chosen), "keys": len({pair[key_side] for pair in chosen})}
         log.info("%s: %d pairs, %d distinct %s sentences", name, sizes[name]["pairs"], sizes[name]["keys"],
@@ -117,5 +119,6 @@ def split_corpus(src: str, tgt: str, langs: tuple[str, str], key_lang: str, vali
             log.warning("%s has %d pairs, %d asked for: the groups left were too large to fill it exactly",
                         name, sizes[name]["pairs"], settings["requested"][name])
     manifest = {**settings, "sizes": sizes, "files": files}
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    with atomic_output(manifest_path) as f:
+        f.write(json.dumps(manifest, indent=2) + "\n")
     return manifest
