@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import signal
 from dataclasses import dataclass
@@ -448,18 +449,24 @@ def test_a_real_process_prints_one_error_line_and_no_traceback(tmp_path, tiny_co
 
 
 def test_translate_keeps_empty_and_over_long_lines(workspace, run_cli, caplog):
-    """Empty lines give empty lines; a 100,000-character line is truncated with a warning, never dropped."""
+    """Empty lines give empty lines; a 100,000-character line is cut to 1024 subwords with a warning naming the
+    line and the limit, and translated: never dropped."""
     caplog.set_level("WARNING")
     source = workspace.file("in.txt", "\n\n" + LONG_LINE + "\n\n")
-    out = workspace.root / "out.txt"
-    result = run_cli("translate", "-c", workspace.run / "final.pt", "-i", source, "-o", out, "--beam", "1",
-                     "--max-len-b", "3", "--max-len-a", "0", "-q")
+    out, alignments = workspace.root / "out.txt", workspace.root / "att.jsonl"
+    result = run_cli("translate", "-c", workspace.good, "-i", source, "-o", out, "--alignments", alignments,
+                     "--beam", "1", "--max-len-b", "3", "--max-len-a", "0", "-q")
     assert result.code == 0, result.err
     lines = out.read_text().split("\n")
     assert len(lines) == 5 and lines[0] == lines[1] == lines[3] == lines[4] == ""  # 4 lines in, 4 out
-    assert "line 3: " in caplog.text and "truncated" in caplog.text
+    assert lines[2] != ""  # the long line is translated (decode.min_len is 1), not left empty
+    (warning,) = [r.message for r in caplog.records if "truncated" in r.message]
+    subwords = re.fullmatch(r"line 3: (\d+) subwords, truncated to the model's limit of 1024", warning)
+    assert subwords and int(subwords[1]) > 1024, warning
+    seen = json.loads(alignments.read_text(encoding="utf-8").splitlines()[2])["source"]
+    assert len(seen) == 1024 + 1  # the subwords the model was given, and </s>
     empty = workspace.file("empty.txt", "")
-    assert run_cli("translate", "-c", workspace.run / "final.pt", "-i", empty, "-o", out, "-q").code == 0
+    assert run_cli("translate", "-c", workspace.good, "-i", empty, "-o", out, "-q").code == 0
     assert out.read_text() == ""
 
 

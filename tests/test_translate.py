@@ -172,9 +172,16 @@ def test_cli_translate_writes_alignments(checkpoint: Path, input_file: Path, tmp
 
 
 def test_cli_sampling_is_reproducible(checkpoint: Path, input_file: Path, tmp_path: Path) -> None:
-    first = run_translate(checkpoint, input_file, tmp_path / "a.txt", "--temperature", "1.2", "--seed", "7")
-    again = run_translate(checkpoint, input_file, tmp_path / "b.txt", "--temperature", "1.2", "--seed", "7")
-    assert first == again
+    def sampled(temperature: float, seed: int) -> list[str]:
+        return run_translate(checkpoint, input_file, tmp_path / f"t{temperature}-s{seed}.txt",
+                             "--temperature", str(temperature), "--seed", str(seed))
+
+    first = sampled(1.2, seed=7)
+    assert sampled(1.2, seed=7) == first
+    assert sampled(1.2, seed=8) != first  # --seed reaches the sampler
+    # --temperature reaches it too: near 0 the distribution is all on the best token, so sampling is greedy
+    greedy = run_translate(checkpoint, input_file, tmp_path / "greedy.txt", "--beam", "1")
+    assert sampled(1e-6, seed=7) == greedy != first
 
 
 def test_cli_ensemble_of_a_checkpoint_with_itself(checkpoint: Path, input_file: Path, tmp_path: Path) -> None:
