@@ -82,7 +82,9 @@ def test_a_long_line_is_truncated_with_a_warning_not_dropped(caplog: pytest.LogC
 
 
 def test_nbest_translations_are_sorted() -> None:
-    for hyps in translate(POOL[:5], decode=DecodeConfig(beam=4, nbest=3, max_len_a=1.0, max_len_b=3)):
+    results = translate(POOL[:5], decode=DecodeConfig(beam=4, nbest=3, max_len_a=1.0, max_len_b=3))
+    assert len(results) == 5
+    for hyps in results:
         assert len(hyps) == 3
         assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
 
@@ -159,6 +161,7 @@ def test_cli_translate_writes_alignments(checkpoint: Path, input_file: Path, tmp
     outputs = run_translate(checkpoint, input_file, tmp_path / "out.txt", "--alignments",
                             str(tmp_path / "align.jsonl"))
     records = [json.loads(line) for line in (tmp_path / "align.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(outputs) == len(input_file.read_text(encoding="utf-8").split("\n")) - 1  # a line out per line in
     assert [r["index"] for r in records] == list(range(len(outputs)))
     for record, output in zip(records, outputs):
         if output == "":
