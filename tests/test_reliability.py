@@ -129,8 +129,12 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tiny_corpus, reference
     if "write" in fault:
         assert list(exp.rglob(".*.tmp*")), "it should have died in the middle of a write"
     checkpoints = exp / "checkpoints"
-    newest = checkpoints / "last.pt" if (checkpoints / "last.pt").exists() else checkpoints / "best_u0000004.pt"
-    assert load(newest)["progress"]["update"] == checkpoint_update
+    first_write = fault == "checkpoint-write:4:SIGKILL"  # killed while the first last.pt was being written
+    assert (checkpoints / "last.pt").exists() != first_write
+    newest = checkpoints / ("best_u0000004.pt" if first_write else "last.pt")
+    progress = load(newest)["progress"]
+    assert progress["update"] == checkpoint_update
+    assert progress["finished"] == (checkpoint_update == N_UPDATES)  # only when killed writing final.pt
     logged = logged_updates(exp)
     assert logged == list(range(1, len(logged) + 1)) and len(logged) >= checkpoint_update
     assert_resumes_to_the_reference(run_cli, config, exp, reference, checkpoint_update, logged)
