@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -91,7 +92,7 @@ def test_a_run_writes_the_experiment_folder(tiny_corpus, tmp_path: Path):
 
 
 def test_a_second_run_into_the_same_folder_is_refused(reference: Path, tiny_corpus):
-    with pytest.raises(train_module.NMTError, match="--resume"):
+    with pytest.raises(train_module.NMTError, match=f"^{re.escape(str(reference))} already holds a run; use --resume"):
         train(to_config(tiny_train_dict(tiny_corpus, reference)), run_tests=False)
 
 
