@@ -178,5 +178,13 @@ def test_cache_reused_when_nothing_changed_and_rebuilt_when_corpus_changes(
     (rebuilt,) = (exp / "cache").glob("valid.*.npz")  # the stale file is gone
     assert rebuilt != cached
 
-    cleaned = encode_split(cfg, exp, "valid", spec, spm_model, spm_model, clean=True)  # other settings, other key
-    assert len(list((exp / "cache").glob("valid.*.npz"))) == 1 and len(cleaned) <= len(changed)
+    # Each other cleaning setting is another cache key: cleaning on, then a tighter data.max_len.
+    files = [rebuilt]
+    for overrides in ([], ["data.max_len=8"]):
+        cleaning = load_config(None, [f"exp_dir={exp}", *overrides])
+        cleaned = encode_split(cleaning, exp, "valid", spec, spm_model, spm_model, clean=True)
+        (path,) = (exp / "cache").glob("valid.*.npz")
+        assert path not in files, f"{overrides or 'cleaning on'}: the cache file of another setting was reused"
+        files.append(path)
+    assert len(cleaned) < len(changed)
+    assert max(cleaned.src_lengths.max(), cleaned.tgt_lengths.max()) <= 8

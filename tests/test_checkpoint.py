@@ -105,8 +105,9 @@ def test_a_full_disk_stops_training_with_one_clear_line_and_resume_continues(tin
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
-    user_error(run_cli("train", config, "--no-test"), f"cannot write checkpoint {exp / 'checkpoints' / 'last.pt'}",
-               "No space left on device", "previous checkpoint is intact")
+    user_error(run_cli("train", config, "--no-test"),
+               f"cannot write checkpoint {exp / 'checkpoints' / 'last.pt'} (No space left on device); the previous "
+               "checkpoint is intact, free some space and resume with --resume")
     assert load_checkpoint(exp / "checkpoints" / "last.pt")["progress"]["update"] == 4
     assert not [p for p in (exp / "checkpoints").iterdir() if ".tmp" in p.name]
 
@@ -136,19 +137,26 @@ def _torch_bytes(obj) -> bytes:
     return buffer.getvalue()
 
 
+UNREADABLE = "not a readable checkpoint (truncated or corrupt: "
+CHECKSUM = "corrupt checkpoint (checksum mismatch in "
+FOREIGN = "not an nmt checkpoint"
+
+# damage -> (what it does to the bytes of final.pt, how the one-line message goes on after "PATH: ")
 DAMAGE = {
-    "empty": lambda data, payload: b"",
-    "truncated to half": lambda data, payload: data[: len(data) // 2],
-    "last byte missing": lambda data, payload: data[:-1],
-    "first kilobyte zeroed": lambda data, payload: bytes(1024) + data[1024:],
-    "random bytes": lambda data, payload: random.Random(0).randbytes(4096),
-    "text file": lambda data, payload: "de en\nhallo welt\n".encode(),
-    "bit flip in a weight": _flip_a_weight_byte,
-    "foreign pickle": lambda data, payload: pickle.dumps({"model": {}, "weights": [1, 2, 3]}),
-    "foreign torch file": lambda data, payload: _torch_bytes({"state_dict": payload["model"]}),
-    "bare state dict": lambda data, payload: _torch_bytes(payload["model"]),
-    "a list": lambda data, payload: _torch_bytes([1, 2, 3]),
-    "incompatible format version": lambda data, payload: _torch_bytes({**payload, "format": 999}),
+    "empty": (lambda data, payload: b"", UNREADABLE),
+    "truncated to half": (lambda data, payload: data[: len(data) // 2], UNREADABLE),
+    "last byte missing": (lambda data, payload: data[:-1], UNREADABLE),
+    "first kilobyte zeroed": (lambda data, payload: bytes(1024) + data[1024:], CHECKSUM),
+    "random bytes": (lambda data, payload: random.Random(0).randbytes(4096), UNREADABLE),
+    "text file": (lambda data, payload: "de en\nhallo welt\n".encode(), UNREADABLE),
+    "bit flip in a weight": (_flip_a_weight_byte, CHECKSUM),
+    "foreign pickle": (lambda data, payload: pickle.dumps({"model": {}, "weights": [1, 2, 3]}), UNREADABLE),
+    "foreign torch file": (lambda data, payload: _torch_bytes({"state_dict": payload["model"]}), FOREIGN),
+    "bare state dict": (lambda data, payload: _torch_bytes(payload["model"]), FOREIGN),
+    "a list": (lambda data, payload: _torch_bytes([1, 2, 3]), FOREIGN),
+    "incompatible format version": (lambda data, payload: _torch_bytes({**payload, "format": 999}),
+                                    f"checkpoint format 999 is not supported by this version "
+                                    f"(expects {nmt.CHECKPOINT_FORMAT})"),
 }
 
 
@@ -157,20 +165,20 @@ def test_every_kind_of_damage_is_reported_naming_the_file(run, tmp_path, damage)
     source = run / "final.pt"
     data = source.read_bytes()
     path = tmp_path / f"{damage.replace(' ', '_')}.pt"
-    path.write_bytes(DAMAGE[damage](data, load(source)))
+    spoil, expected = DAMAGE[damage]
+    path.write_bytes(spoil(data, load(source)))
     with pytest.raises(NMTError) as err:
         load_trained_model(path)
     message = str(err.value)
-    assert str(path) in message and "\n" not in message
-    if damage == "incompatible format version":
-        assert "format 999 is not supported" in message
+    assert message.startswith(f"{path}: {expected}") and "\n" not in message, message
 
 
 def test_a_missing_checkpoint_or_a_folder_is_reported(tmp_path):
     with pytest.raises(NMTError, match="checkpoint not found: .*nothing.pt"):
         load_checkpoint(tmp_path / "nothing.pt")
-    with pytest.raises(NMTError, match=str(tmp_path)):
+    with pytest.raises(NMTError) as err:
         load_checkpoint(tmp_path)
+    assert str(err.value) == f"checkpoint not found: {tmp_path}"
 
 
 def test_an_undamaged_checkpoint_loads_unchanged(run, tmp_path):

@@ -205,9 +205,12 @@ def test_unset_env_var_names_variable_and_key(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_to_dict_is_plain_yaml():
-    """The resolved config written beside an experiment must be plain YAML (no Python tags)."""
-    text = yaml.safe_dump(to_dict(load_config(None, ["data.test.t.src=a"])))
+    """The resolved config written beside an experiment must be plain YAML (no Python tags) that reads back as
+    the same values, types included (safe_dump writes a tuple as a list, and safe_load reads a list)."""
+    raw = to_dict(load_config(None, ["data.test.t.src=a", "train.betas=[0.8, 0.9]"]))
+    text = yaml.safe_dump(raw)
     assert "!!python" not in text
+    assert yaml.safe_load(text) == raw
 
 
 # --- The same mistakes through the command line: exit code 2 and one line, never a traceback. ---

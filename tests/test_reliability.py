@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import signal
 from dataclasses import dataclass
@@ -128,8 +129,12 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tiny_corpus, reference
     if "write" in fault:
         assert list(exp.rglob(".*.tmp*")), "it should have died in the middle of a write"
     checkpoints = exp / "checkpoints"
-    newest = checkpoints / "last.pt" if (checkpoints / "last.pt").exists() else checkpoints / "best_u0000004.pt"
-    assert load(newest)["progress"]["update"] == checkpoint_update
+    first_write = fault == "checkpoint-write:4:SIGKILL"  # killed while the first last.pt was being written
+    assert (checkpoints / "last.pt").exists() != first_write
+    newest = checkpoints / ("best_u0000004.pt" if first_write else "last.pt")
+    progress = load(newest)["progress"]
+    assert progress["update"] == checkpoint_update
+    assert progress["finished"] == (checkpoint_update == N_UPDATES)  # only when killed writing final.pt
     logged = logged_updates(exp)
     assert logged == list(range(1, len(logged) + 1)) and len(logged) >= checkpoint_update
     assert_resumes_to_the_reference(run_cli, config, exp, reference, checkpoint_update, logged)
@@ -227,6 +232,33 @@ def misaligned(ws: Workspace, split: str) -> str:
     return "".join(line + "\n" for line in ws.lines(split, "en")[:-1])
 
 
+def misaligned_case(command: str, split: str):
+    """A case: `command` on a config whose `split` has one English line too few; the line names both files and
+    their line counts."""
+
+    def build(ws: Workspace) -> tuple[list, list[str]]:
+        files = ws.split(split, en=misaligned(ws, split))
+        config = ws.config(**{split: {"tiny": files} if split == "test" else files})
+        n = len(ws.lines(split, "de"))
+        argv = [command, config, *(["-c", ws.good] if command == "test" else [])]
+        return argv, [f"misaligned corpus: {files['src']} has {n} lines but {files['tgt']} has {n - 1}"]
+
+    return build
+
+
+def first_invalid_line(data: bytes) -> int:
+    """The 1-based number of the first line of `data` that is not UTF-8."""
+    return next(n for n, line in enumerate(data.split(b"\n"), start=1) if not _is_utf8(line))
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def invalid_utf8(ws: Workspace, split: str) -> bytes:
     lines = [line.encode() for line in ws.lines(split, "en")]
     lines[2] = b"caf\xe9 " + lines[2]  # Latin-1, not UTF-8
@@ -266,7 +298,7 @@ BAD_INPUT = {
         ["train", ws.file("c.yaml", JUNK)], ["c.yaml", "not valid YAML"]),
     "train: config unknown key": lambda ws: (
         ["train", ws.file("c.yaml", "train:\n  lrr: 0.1\n")],
-        ["unknown config key train.lrr", "did you mean train.lr"]),
+        ["unknown config key train.lrr; did you mean train.lr?"]),
     "train: config wrong type": lambda ws: (
         ["train", ws.file("c.yaml", "train:\n  lr: fast\n")], ["config key train.lr", "expected a number"]),
     "train: config section not a mapping": lambda ws: (
@@ -279,60 +311,62 @@ BAD_INPUT = {
     "train: corpus file missing": lambda ws: (
         ["train", ws.config(train={"src": str(ws.root / "gone.de"), "tgt": ws.split("train")["tgt"]})],
         ["file not found", "gone.de"]),
-    "train: corpora misaligned": lambda ws: (
-        ["train", ws.config(train=ws.split("train", en=misaligned(ws, "train")))],
-        ["misaligned corpus", "bad_train.de", "bad_train.en"]),
+    "train: corpora misaligned": misaligned_case("train", "train"),
     "train: invalid UTF-8": lambda ws: (
         ["train", ws.config(train=ws.split("train", en=invalid_utf8(ws, "train")))],
-        ["bad_train.en line 3", "invalid UTF-8"]),
+        ["bad_train.en line 3: invalid UTF-8"]),
     "train: binary junk corpus": lambda ws: (
-        ["train", ws.config(train=ws.split("train", de=JUNK))], ["bad_train.de line", "invalid UTF-8"]),
+        ["train", ws.config(train=ws.split("train", de=JUNK))],
+        [f"bad_train.de line {first_invalid_line(JUNK)}: invalid UTF-8"]),
     "train: dev set invalid UTF-8": lambda ws: (
         ["train", ws.config(valid=ws.split("valid", en=invalid_utf8(ws, "valid")))],
-        ["bad_valid.en line 3", "invalid UTF-8"]),
+        ["bad_valid.en line 3: invalid UTF-8"]),
     "train: 100,000-character line in the dev set": lambda ws: (
         ["train", ws.config(valid=ws.split("valid", with_long_line(ws, "valid", "de", 3),
                                            with_long_line(ws, "valid", "en", 3)))],
-        ["bad_valid.de", "line 4", "more than the 1024"]),
-    "prepare: corpora misaligned": lambda ws: (
-        ["prepare", ws.config(train=ws.split("train", en=misaligned(ws, "train")))],
-        ["misaligned corpus", "bad_train.en"]),
+        ["valid split (", "bad_valid.de", ") line 4: ", " subwords, more than the 1024 a dev sentence may have"]),
+    "prepare: corpora misaligned": misaligned_case("prepare", "train"),
     "prepare: invalid UTF-8": lambda ws: (
         ["prepare", ws.config(train=ws.split("train", en=invalid_utf8(ws, "train")))],
-        ["bad_train.en line 3", "invalid UTF-8"]),
+        ["bad_train.en line 3: invalid UTF-8"]),
     # ---- checkpoints met by train --resume
     "train --resume: other vocabulary": lambda ws: (
         ["train", ws.resumable(), "data.subword.vocab_size=100", "--resume"],
-        ["last.pt: cannot resume", "size mismatch"]),
+        [f"{ws.root / 'exp' / 'checkpoints' / 'last.pt'}: cannot resume from it with this config's model and "
+         "vocabulary (", "size mismatch"]),
     "train --resume: incompatible format": lambda ws: (
-        ["train", ws.resumable(bad_format), "--resume"], ["no usable checkpoint", "checkpoints"]),
+        ["train", ws.resumable(bad_format), "--resume"],
+        [f"no usable checkpoint in {ws.root / 'exp' / 'checkpoints'}"]),
     # ---- translate
     "translate: checkpoint missing": lambda ws: (
-        ["translate", "-c", ws.root / "nope.pt", "-i", ws.source], ["checkpoint not found", "nope.pt"]),
+        ["translate", "-c", ws.root / "nope.pt", "-i", ws.source], [f"checkpoint not found: {ws.root / 'nope.pt'}"]),
     "translate: checkpoint truncated": lambda ws: (
-        ["translate", "-c", ws.truncated("t.pt"), "-i", ws.source], ["t.pt", "truncated or corrupt"]),
+        ["translate", "-c", ws.truncated("t.pt"), "-i", ws.source],
+        [f"{ws.root / 't.pt'}: not a readable checkpoint (truncated or corrupt"]),
     "translate: checkpoint is junk": lambda ws: (
-        ["translate", "-c", ws.file("j.pt", JUNK), "-i", ws.source], ["j.pt", "not a readable checkpoint"]),
+        ["translate", "-c", ws.file("j.pt", JUNK), "-i", ws.source],
+        [f"{ws.root / 'j.pt'}: not a readable checkpoint"]),
     "translate: checkpoint vocabulary mismatch": lambda ws: (
-        ["translate", "-c", ws.checkpoint("v.pt", other_vocabulary), "-i", ws.source], ["v.pt", "do not match"]),
+        ["translate", "-c", ws.checkpoint("v.pt", other_vocabulary), "-i", ws.source],
+        [f"{ws.root / 'v.pt'}: model weights do not match its config or SentencePiece model(s)"]),
     "translate: incompatible checkpoint format": lambda ws: (
-        ["translate", "-c", ws.checkpoint("f.pt", bad_format), "-i", ws.source], ["f.pt", "format 999"]),
+        ["translate", "-c", ws.checkpoint("f.pt", bad_format), "-i", ws.source],
+        [f"{ws.root / 'f.pt'}: checkpoint format 999 is not supported"]),
     "translate: input missing": lambda ws: (
         ["translate", "-c", ws.good, "-i", ws.root / "in.txt"], ["file not found", "in.txt"]),
     "translate: input invalid UTF-8": lambda ws: (
         ["translate", "-c", ws.good, "-i", ws.file("in.txt", invalid_utf8(ws, "test"))],
-        ["in.txt line 3", "invalid UTF-8"]),
+        ["in.txt line 3: invalid UTF-8"]),
     "translate: input binary junk": lambda ws: (
-        ["translate", "-c", ws.good, "-i", ws.file("in.txt", JUNK)], ["in.txt line", "invalid UTF-8"]),
+        ["translate", "-c", ws.good, "-i", ws.file("in.txt", JUNK)],
+        [f"in.txt line {first_invalid_line(JUNK)}: invalid UTF-8"]),
     "translate: output folder missing": lambda ws: (
         ["translate", "-c", ws.good, "-i", ws.source, "-o", ws.root / "no" / "out.txt"],
         ["out.txt", "does not exist"]),
     # ---- test
     "test: checkpoint truncated": lambda ws: (
         ["test", ws.config(), "-c", ws.truncated("t.pt")], ["t.pt", "truncated or corrupt"]),
-    "test: test set misaligned": lambda ws: (
-        ["test", ws.config(test={"tiny": ws.split("test", en=misaligned(ws, "test"))}), "-c", ws.good],
-        ["misaligned corpus", "bad_test.en"]),
+    "test: test set misaligned": misaligned_case("test", "test"),
     # ---- score
     "score: reference missing": lambda ws: (
         ["score", "-r", ws.root / "ref.txt", "-i", ws.source], ["file not found", "ref.txt"]),
@@ -340,7 +374,7 @@ BAD_INPUT = {
         ["score", "-r", ws.corpus.path("train", "en"), "-i", ws.corpus.path("test", "en")], ["misaligned files"]),
     "score: invalid UTF-8": lambda ws: (
         ["score", "-r", ws.corpus.path("test", "en"), "-i", ws.file("h.txt", invalid_utf8(ws, "test"))],
-        ["h.txt line 3", "invalid UTF-8"]),
+        ["h.txt line 3: invalid UTF-8"]),
     "score: empty files": lambda ws: (
         ["score", "-r", ws.file("r.txt", ""), "-i", ws.file("h.txt", "")], ["nothing to score"]),
     # ---- average
@@ -356,29 +390,34 @@ BAD_INPUT = {
     "plot: metrics not JSON": lambda ws: (
         ["plot", ws.file("e/metrics.jsonl", '{"kind": "tr\n').parent], ["metrics.jsonl line 1", "not valid JSON"]),
     "plot-attention: file missing": lambda ws: (
-        ["plot-attention", ws.root / "a.jsonl", "-o", ws.root / "a.png"], ["alignments file not found"]),
+        ["plot-attention", ws.root / "a.jsonl", "-o", ws.root / "a.png"],
+        [f"alignments file not found: {ws.root / 'a.jsonl'}"]),
     "plot-attention: not an alignment": lambda ws: (
         ["plot-attention", ws.file("a.jsonl", "{}\n"), "-o", ws.root / "a.png"], ["a.jsonl line 1"]),
 }
 
 # Bad input whose message must name the data split or file (these were once known gaps).
+TRAINING_DATA = ["data.train (", "bad_train.de | ", "bad_train.en): "]  # the split and its files
+NO_SENTENCE = "the training data has no non-empty sentence"
 NAMED_BAD_INPUT = {
     "train: config empty": (
-        lambda ws: (["train", ws.file("c.yaml", "")], ["data.train"]),
+        lambda ws: (["train", ws.file("c.yaml", "")],
+                    ["data.train: a corpus split needs exactly one of src+tgt, tsv or hf"]),
         "nmt/data/corpus.py: 'a corpus split needs exactly one of ...' does not name the split"),
     "train: empty corpus": (
-        lambda ws: (["train", ws.config(train=ws.split("train", "", ""))], ["bad_train.de"]),
+        lambda ws: (["train", ws.config(train=ws.split("train", "", ""))], TRAINING_DATA + [NO_SENTENCE]),
         "nmt/data/subword.py: 'the training data has no non-empty sentence' names no file"),
     "train: corpus of empty lines": (
-        lambda ws: (["train", ws.config(train=ws.split("train", "\n" * 50, "\n" * 50))], ["bad_train.de"]),
+        lambda ws: (["train", ws.config(train=ws.split("train", "\n" * 50, "\n" * 50))],
+                    TRAINING_DATA + [NO_SENTENCE]),
         "nmt/data/subword.py: 'the training data has no non-empty sentence' names no file"),
     "train: corpus of one 100,000-character line": (
         lambda ws: (["train", ws.config(train=ws.split("train", LONG_LINE + "\n", LONG_LINE + "\n"))],
-                    ["bad_train.de"]),
+                    TRAINING_DATA + ["SentencePiece training failed: "]),
         "nmt/data/subword.py: SentencePiece's internal error names no file"),
     "plot: metrics binary junk": (
         lambda ws: (["plot", ws.file("e/metrics.jsonl", JUNK[:100].replace(b"\n", b" ")).parent],
-                    ["metrics.jsonl line 1"]),
+                    ["metrics.jsonl line 1: invalid UTF-8"]),
         "nmt/plot.py read_metrics: invalid UTF-8 escapes as UnicodeDecodeError (a traceback)"),
 }
 
@@ -448,18 +487,24 @@ def test_a_real_process_prints_one_error_line_and_no_traceback(tmp_path, tiny_co
 
 
 def test_translate_keeps_empty_and_over_long_lines(workspace, run_cli, caplog):
-    """Empty lines give empty lines; a 100,000-character line is truncated with a warning, never dropped."""
+    """Empty lines give empty lines; a 100,000-character line is cut to 1024 subwords with a warning naming the
+    line and the limit, and translated: never dropped."""
     caplog.set_level("WARNING")
     source = workspace.file("in.txt", "\n\n" + LONG_LINE + "\n\n")
-    out = workspace.root / "out.txt"
-    result = run_cli("translate", "-c", workspace.run / "final.pt", "-i", source, "-o", out, "--beam", "1",
-                     "--max-len-b", "3", "--max-len-a", "0", "-q")
+    out, alignments = workspace.root / "out.txt", workspace.root / "att.jsonl"
+    result = run_cli("translate", "-c", workspace.good, "-i", source, "-o", out, "--alignments", alignments,
+                     "--beam", "1", "--max-len-b", "3", "--max-len-a", "0", "-q")
     assert result.code == 0, result.err
     lines = out.read_text().split("\n")
     assert len(lines) == 5 and lines[0] == lines[1] == lines[3] == lines[4] == ""  # 4 lines in, 4 out
-    assert "line 3: " in caplog.text and "truncated" in caplog.text
+    assert lines[2] != ""  # the long line is translated (decode.min_len is 1), not left empty
+    (warning,) = [r.message for r in caplog.records if "truncated" in r.message]
+    subwords = re.fullmatch(r"line 3: (\d+) subwords, truncated to the model's limit of 1024", warning)
+    assert subwords and int(subwords[1]) > 1024, warning
+    seen = json.loads(alignments.read_text(encoding="utf-8").splitlines()[2])["source"]
+    assert len(seen) == 1024 + 1  # the subwords the model was given, and </s>
     empty = workspace.file("empty.txt", "")
-    assert run_cli("translate", "-c", workspace.run / "final.pt", "-i", empty, "-o", out, "-q").code == 0
+    assert run_cli("translate", "-c", workspace.good, "-i", empty, "-o", out, "-q").code == 0
     assert out.read_text() == ""
 
 

@@ -44,6 +44,13 @@ def random_sources(vocab: int, n: int, seed: int, max_len: int = 7) -> tuple[tor
     return pad_sources([rng.integers(4, vocab, size=rng.integers(1, max_len + 1)) for _ in range(n)])
 
 
+def one_each(hyps: list[list], src: torch.Tensor) -> list[list]:
+    """`hyps` after checking that the search returned one list per source sentence: a loop over `zip` with a
+    short result would check fewer sentences and pass."""
+    assert len(hyps) == src.size(0), (len(hyps), src.size(0))
+    return hyps
+
+
 def sequence_log_probs(model, src: torch.Tensor, src_lengths: torch.Tensor, seqs: list[list[int]]) -> torch.Tensor:
     """Teacher-forced model score of each `seqs[i]` + EOS given source row 0 of `src`: (len(seqs),)."""
     n, width = len(seqs), max(len(s) for s in seqs) + 1
@@ -66,8 +73,8 @@ def test_beam_one_equals_greedy(variant: int, length_penalty: str) -> None:
     model = tiny_model(17, seed=variant, **VARIANTS[variant])
     src, lengths = random_sources(17, 6, seed=variant)
     options = dict(alpha=0.8, length_penalty=length_penalty, max_len_a=1.0, max_len_b=3)
-    greedy = greedy_search([model], src, lengths, **options)
-    beam = beam_search([model], src, lengths, 1, **options)
+    greedy = one_each(greedy_search([model], src, lengths, **options), src)
+    beam = one_each(beam_search([model], src, lengths, 1, **options), src)
     for g, b in zip(greedy, beam):
         assert g[0].tokens == b[0].tokens
         assert g[0].score == pytest.approx(b[0].score, abs=1e-5)
@@ -97,7 +104,7 @@ def test_wide_beam_finds_the_brute_force_best(seed: int, length_penalty: str) ->
 def test_reported_scores_are_the_model_scores(variant: int) -> None:
     model = tiny_model(13, seed=10 + variant, **VARIANTS[variant])
     src, lengths = random_sources(13, 4, seed=variant)
-    hyps = beam_search([model], src, lengths, 4, nbest=4, alpha=0.6, max_len_a=1.0, max_len_b=2)
+    hyps = one_each(beam_search([model], src, lengths, 4, nbest=4, alpha=0.6, max_len_a=1.0, max_len_b=2), src)
     for i, sentence in enumerate(hyps):
         expected = sequence_log_probs(model, src[i : i + 1], lengths[i : i + 1], [h.tokens for h in sentence])
         for h, lp in zip(sentence, expected.tolist()):
@@ -117,9 +124,9 @@ def test_beam_scores_at_least_greedy_except_for_rare_search_errors() -> None:
         model = tiny_model(vocab, seed=seed, **VARIANTS[seed % len(VARIANTS)])
         src, lengths = random_sources(vocab, 4, seed=seed)
         options = dict(alpha=0.0, length_penalty="none", max_len_a=1.0, max_len_b=3, min_len=0)
-        greedy = greedy_search([model], src, lengths, **options)
+        greedy = one_each(greedy_search([model], src, lengths, **options), src)
         for k in (2, 4):
-            for g, b in zip(greedy, beam_search([model], src, lengths, k, **options)):
+            for g, b in zip(greedy, one_each(beam_search([model], src, lengths, k, **options), src)):
                 total += 1
                 worse += b[0].log_prob < g[0].log_prob - 1e-5
                 beam_sum += b[0].log_prob
@@ -136,9 +143,9 @@ def test_beam_with_greedy_floor_never_scores_below_greedy(length_penalty: str) -
         src, lengths = random_sources(vocab, 4, seed=seed)
         options = dict(alpha=0.0 if length_penalty == "none" else 1.0, length_penalty=length_penalty,
                        max_len_a=1.0, max_len_b=3, min_len=0)
-        greedy = greedy_search([model], src, lengths, **options)
+        greedy = one_each(greedy_search([model], src, lengths, **options), src)
         for k in (2, 4):
-            beam = search([model], src, lengths, beam=k, nbest=2, greedy_floor=True, **options)
+            beam = one_each(search([model], src, lengths, beam=k, nbest=2, greedy_floor=True, **options), src)
             for g, b in zip(greedy, beam):
                 assert b[0].score >= g[0].score - 1e-6
                 assert b[0].score >= b[-1].score
@@ -150,7 +157,7 @@ def test_a_sentence_alone_equals_it_inside_a_batch(variant: int, beam: int) -> N
     model = tiny_model(19, seed=20 + variant, **VARIANTS[variant])
     src, lengths = random_sources(19, 5, seed=variant, max_len=9)
     options = dict(beam=beam, nbest=beam, alpha=1.0, max_len_a=1.0, max_len_b=3, with_attention=True)
-    batched = search([model], src, lengths, **options)
+    batched = one_each(search([model], src, lengths, **options), src)
     for i in range(src.size(0)):
         alone_src = src[i : i + 1, : int(lengths[i])]
         alone = search([model], alone_src, lengths[i : i + 1], **options)[0]
@@ -166,8 +173,8 @@ def test_a_sentence_alone_equals_it_inside_a_batch(variant: int, beam: int) -> N
 def test_nbest_lists_are_sorted_and_distinct(seed: int) -> None:
     model = tiny_model(11, seed=seed)
     src, lengths = random_sources(11, 5, seed=seed)
-    for sentence in search([model], src, lengths, beam=5, nbest=5, alpha=1.0, max_len_a=1.0,
-                                    max_len_b=3):
+    hyps = search([model], src, lengths, beam=5, nbest=5, alpha=1.0, max_len_a=1.0, max_len_b=3)
+    for sentence in one_each(hyps, src):
         scores = [h.score for h in sentence]
         assert len(sentence) == 5
         assert scores == sorted(scores, reverse=True)
@@ -179,7 +186,7 @@ def test_lengths_stay_within_min_and_max(beam: int) -> None:
     model = tiny_model(9, seed=3)
     src, lengths = random_sources(9, 6, seed=3)
     hyps = search([model], src, lengths, beam=beam, nbest=beam, max_len_a=0.5, max_len_b=2, min_len=3)
-    for i, sentence in enumerate(hyps):
+    for i, sentence in enumerate(one_each(hyps, src)):
         longest = max(3, math.floor(0.5 * int(lengths[i]) + 2))
         assert all(3 <= len(h.tokens) <= longest for h in sentence)
 
@@ -200,7 +207,7 @@ def test_finished_sentences_leave_the_batch() -> None:
     src, lengths = pad_sources([np.array([4]), np.arange(4, 9).repeat(3)])  # max lengths 2 and 16
     for beam in (1, 3):
         rows.clear()
-        search([model], src, lengths, beam=beam, max_len_a=1.0, max_len_b=0, min_len=0)
+        one_each(search([model], src, lengths, beam=beam, max_len_a=1.0, max_len_b=0, min_len=0), src)
         assert rows == [2 * beam] * 3 + [beam] * 14
 
 
@@ -209,7 +216,7 @@ def test_coverage_penalty_is_computed_from_the_attention() -> None:
     src, lengths = random_sources(11, 3, seed=5)
     hyps = search([model], src, lengths, beam=3, nbest=3, alpha=1.0, coverage_penalty=0.4,
                            max_len_a=1.0, max_len_b=2, with_attention=True)
-    for sentence in hyps:
+    for sentence in one_each(hyps, src):
         for h in sentence:
             coverage = h.attention.double().sum(0).clamp(max=1.0)
             expected = h.log_prob / (len(h.tokens) + 1) + 0.4 * float(coverage.log().sum())
@@ -224,7 +231,7 @@ def test_sampling_is_deterministic_for_a_seed() -> None:
         generator = torch.Generator().manual_seed(seed)
         hyps = search([model], src, lengths, beam=1, nbest=3, temperature=1.5,
                                generator=generator, max_len_a=1.0, max_len_b=3, **options)
-        return [[h.tokens for h in sentence] for sentence in hyps]
+        return [[h.tokens for h in sentence] for sentence in one_each(hyps, src)]
 
     assert draw(1) == draw(1)
     assert draw(1, topk=4) == draw(1, topk=4)
@@ -234,9 +241,9 @@ def test_sampling_is_deterministic_for_a_seed() -> None:
 def test_sampling_from_the_top_token_only_is_greedy() -> None:
     model = tiny_model(15, seed=7)
     src, lengths = random_sources(15, 5, seed=7)
-    greedy = greedy_search([model], src, lengths, max_len_a=1.0, max_len_b=3)
-    sampled = search([model], src, lengths, temperature=0.7, topk=1, max_len_a=1.0, max_len_b=3,
-                     generator=torch.Generator().manual_seed(0))
+    greedy = one_each(greedy_search([model], src, lengths, max_len_a=1.0, max_len_b=3), src)
+    sampled = one_each(search([model], src, lengths, temperature=0.7, topk=1, max_len_a=1.0, max_len_b=3,
+                              generator=torch.Generator().manual_seed(0)), src)
     assert [s[0].tokens for s in sampled] == [g[0].tokens for g in greedy]
     assert [s[0].log_prob for s in sampled] == pytest.approx([g[0].log_prob for g in greedy], abs=1e-5)
 
@@ -246,8 +253,8 @@ def test_an_ensemble_of_a_model_with_itself_equals_the_model(beam: int) -> None:
     model = tiny_model(13, seed=8, cell="lstm")
     src, lengths = random_sources(13, 5, seed=8)
     options = dict(beam=beam, nbest=beam, max_len_a=1.0, max_len_b=3, with_attention=True)
-    single = search([model], src, lengths, **options)
-    double = search([model, model], src, lengths, **options)
+    single = one_each(search([model], src, lengths, **options), src)
+    double = one_each(search([model, model], src, lengths, **options), src)
     for s, d in zip(single, double):
         assert [h.tokens for h in s] == [h.tokens for h in d]
         assert [h.score for h in s] == pytest.approx([h.score for h in d], abs=1e-5)
@@ -274,9 +281,9 @@ def test_an_ensemble_averages_log_probabilities() -> None:
 def test_search_leaves_training_mode_as_it_was() -> None:
     model = tiny_model(11, seed=11, dropout=0.5, emb_dropout=0.5)
     src, lengths = random_sources(11, 3, seed=11)
-    expected = [h[0].tokens for h in search([model], src, lengths, beam=3)]
+    expected = [h[0].tokens for h in one_each(search([model], src, lengths, beam=3), src)]
     model.train()
-    assert [h[0].tokens for h in search([model], src, lengths, beam=3)] == expected
+    assert [h[0].tokens for h in one_each(search([model], src, lengths, beam=3), src)] == expected
     assert model.training
 
 

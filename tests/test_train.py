@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -91,7 +93,7 @@ def test_a_run_writes_the_experiment_folder(tiny_corpus, tmp_path: Path):
 
 
 def test_a_second_run_into_the_same_folder_is_refused(reference: Path, tiny_corpus):
-    with pytest.raises(train_module.NMTError, match="--resume"):
+    with pytest.raises(train_module.NMTError, match=f"^{re.escape(str(reference))} already holds a run; use --resume"):
         train(to_config(tiny_train_dict(tiny_corpus, reference)), run_tests=False)
 
 
@@ -134,10 +136,14 @@ def test_raising_max_updates_continues_a_finished_run_to_the_same_parameters(ref
 def test_resuming_a_finished_run_trains_no_further(reference, tiny_corpus, tmp_path):
     exp = tmp_path / "exp"
     shutil.copytree(reference, exp)
+    (exp / "final.pt").unlink()
+    logged = train_records(exp)
     assert train(to_config(tiny_train_dict(tiny_corpus, exp)), resume=True, run_tests=False) == 0
+    assert train_records(exp) == logged  # not one update trained again (a deterministic retrain would log them)
     assert load(exp / "checkpoints" / "last.pt")["progress"]["update"] == N_UPDATES
     assert max_difference(parameters(exp), parameters(reference)) == 0.0
-    assert (exp / "final.pt").exists()
+    assert (exp / "final.pt").is_file(), "final.pt, removed before resuming, is written again"
+    assert max_difference(parameters(exp, "final.pt"), parameters(reference, "final.pt")) == 0.0
 
 
 def test_resuming_with_another_model_config_is_a_user_error(reference, tiny_corpus, tmp_path):
@@ -148,25 +154,44 @@ def test_resuming_with_another_model_config_is_a_user_error(reference, tiny_corp
         train(to_config(raw), resume=True, run_tests=False)
 
 
+def _same_state(a, b) -> bool:
+    """Equal bit for bit, through the tuples and lists of tensors and arrays that RNG states are made of."""
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and np.array_equal(a, b)
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def assert_same_rng_states(mine: dict, theirs: dict) -> None:
+    """Every RNG state a checkpoint records (torch, python, numpy, and cuda where there is one) is the same."""
+    assert mine.keys() == theirs.keys() and {"torch", "python", "numpy"} <= mine.keys()
+    for name in mine:
+        assert _same_state(mine[name], theirs[name]), name
+
+
 def test_same_seed_gives_identical_checkpoints(reference, tiny_corpus, tmp_path):
     """Determinism: data order, initialisation, dropout and validation all follow the seed, bit for bit."""
     exp = tmp_path / "exp"
     assert train(to_config(tiny_train_dict(tiny_corpus, exp)), run_tests=False) == 0
     mine, theirs = load(exp / "checkpoints" / "last.pt"), load(reference / "checkpoints" / "last.pt")
     assert max_difference(mine["model"], theirs["model"]) == 0.0
+    assert mine["optimizer"]["state"].keys() == theirs["optimizer"]["state"].keys()
     for a, b in zip(mine["optimizer"]["state"].values(), theirs["optimizer"]["state"].values()):
-        assert all(torch.equal(a[k], b[k]) for k in a)
-    assert torch.equal(mine["rng"]["torch"], theirs["rng"]["torch"])
-    assert mine["rng"]["python"] == theirs["rng"]["python"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_rng_states(mine["rng"], theirs["rng"])
     for key in set(mine["progress"]) - {"train_seconds", "best"}:
         assert mine["progress"][key] == theirs["progress"][key], key
     assert [b[:2] for b in mine["progress"]["best"]] == [b[:2] for b in theirs["progress"]["best"]]
     assert max_difference(parameters(exp, "final.pt"), parameters(reference, "final.pt")) == 0.0
 
     other = tmp_path / "other_seed"
-    assert train(to_config(tiny_train_dict(tiny_corpus, other, train={"seed": 2, "max_updates": 1})),
-                 run_tests=False) == 0
-    assert max_difference(parameters(other), parameters(exp)) > 1e-3  # the seed does matter
+    assert train(to_config(tiny_train_dict(tiny_corpus, other, train={"seed": 2})), run_tests=False) == 0
+    assert load(other / "checkpoints" / "last.pt")["progress"]["update"] == N_UPDATES
+    assert max_difference(parameters(other), parameters(exp)) > 1e-3  # the same updates, another seed
+
 
 
 # ----------------------------------------------------------------------------------------------- schedules
@@ -342,7 +367,7 @@ def test_a_non_finite_update_is_skipped_and_leaves_adam_untouched(prepared, monk
     if fault == "gradient":
         handle.remove()
     assert math.isnan(loss) and faulty.progress.bad_updates == 1
-    assert "non-finite loss or gradient, skipped" in caplog.text
+    assert "non-finite loss or gradient, skipped (1 in a row)" in caplog.text
     assert max_difference(faulty.model.state_dict(), before_params) == 0.0
     after_adam = _optimizer_state(faulty)
     for a, b in zip(after_adam, before_adam):
@@ -362,21 +387,27 @@ def test_k_non_finite_updates_in_a_row_stop_the_run_with_one_clear_line(tiny_cor
     _poison_loss(monkeypatch, lambda: True)
     config = write_yaml(tiny_train_dict(tiny_corpus, tmp_path / "exp", train={"max_bad_updates": 3}),
                         tmp_path / "config.yaml")
-    user_error(run_cli("train", config, "--no-test"), "3 non-finite updates in a row", "train.lr")
+    user_error(run_cli("train", config, "--no-test"),
+               "3 non-finite updates in a row at update 3: lower train.lr or check the data")
 
 
-def test_isolated_non_finite_updates_do_not_stop_the_run(tiny_corpus, tmp_path, monkeypatch):
+def test_isolated_non_finite_updates_do_not_stop_the_run(tiny_corpus, tmp_path, monkeypatch, caplog):
     calls = {"n": 0}
 
-    def every_other_update() -> bool:  # sequence_loss runs once per training batch (and per dev batch)
+    def every_other_update() -> bool:  # sequence_loss runs once per training batch (accum_steps 1)
+        if torch.is_inference_mode_enabled():  # a dev batch: validation runs in inference mode
+            return False
         calls["n"] += 1
         return calls["n"] % 2 == 1
 
     _poison_loss(monkeypatch, every_other_update)
+    caplog.set_level(logging.WARNING, logger="nmt.train")
     exp = tmp_path / "exp"
     raw = tiny_train_dict(tiny_corpus, exp, train={"max_bad_updates": 2, "valid_every": 0, "max_updates": 8})
     assert train(to_config(raw), run_tests=False) == 0
     assert load(exp / "checkpoints" / "last.pt")["progress"]["update"] == 8
+    skipped = [r.message for r in caplog.records if "non-finite" in r.message]
+    assert skipped == [f"update {u}: non-finite loss or gradient, skipped (1 in a row)" for u in (1, 3, 5, 7)]
 
 
 # ----------------------------------------------------------------------------------------------- DDP

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import nmt.translate
@@ -22,6 +22,7 @@ from nmt.translator import Translator
 from translation_fixtures import make_checkpoint, synthetic_sentences, tiny_spm
 
 CPU = torch.device("cpu")
+POOL = synthetic_sentences(12, seed=3) + ["", "   ", "ka"]
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,7 @@ def test_cli_translate_writes_alignments(checkpoint: Path, input_file: Path, tmp
     outputs = run_translate(checkpoint, input_file, tmp_path / "out.txt", "--alignments",
                             str(tmp_path / "align.jsonl"))
     records = [json.loads(line) for line in (tmp_path / "align.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(outputs) == len(input_file.read_text(encoding="utf-8").split("\n")) - 1  # a line out per line in
     assert [r["index"] for r in records] == list(range(len(outputs)))
     for record, output in zip(records, outputs):
         if output == "":
@@ -108,9 +110,16 @@ def test_cli_translate_writes_alignments(checkpoint: Path, input_file: Path, tmp
 
 
 def test_cli_sampling_is_reproducible(checkpoint: Path, input_file: Path, tmp_path: Path) -> None:
-    first = run_translate(checkpoint, input_file, tmp_path / "a.txt", "--temperature", "1.2", "--seed", "7")
-    again = run_translate(checkpoint, input_file, tmp_path / "b.txt", "--temperature", "1.2", "--seed", "7")
-    assert first == again
+    def sampled(temperature: float, seed: int) -> list[str]:
+        return run_translate(checkpoint, input_file, tmp_path / f"t{temperature}-s{seed}.txt",
+                             "--temperature", str(temperature), "--seed", str(seed))
+
+    first = sampled(1.2, seed=7)
+    assert sampled(1.2, seed=7) == first
+    assert sampled(1.2, seed=8) != first  # --seed reaches the sampler
+    # --temperature reaches it too: near 0 the distribution is all on the best token, so sampling is greedy
+    greedy = run_translate(checkpoint, input_file, tmp_path / "greedy.txt", "--beam", "1")
+    assert sampled(1e-6, seed=7) == greedy != first
 
 
 def test_cli_ensemble_of_a_checkpoint_with_itself(checkpoint: Path, input_file: Path, tmp_path: Path) -> None:
@@ -139,25 +148,38 @@ def _fuzz_checkpoint() -> Path:
     return make_checkpoint(folder / "model.pt", seed=2)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.binary(max_size=300))
+# Text lines (some from the model's own syllables) as UTF-8, and arbitrary bytes, which are mostly invalid UTF-8.
+_TEXT_FILES = st.lists(st.sampled_from(POOL) | st.text(max_size=20), max_size=8).map(lambda ls: "\n".join(ls).encode())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_TEXT_FILES | st.binary(max_size=300))
+@example(b"ka lo\n\nmi zu\r\n")
+@example(b"ka lo\ncaf\xe9\n")
 def test_translate_fuzz_random_bytes_translate_or_fail_as_a_user_error(data: bytes) -> None:
-    """Any input file either translates (one output line per input line) or is refused with exit 2 and one
-    line (invalid UTF-8), never a traceback."""
-    folder = Path(tempfile.mkdtemp(prefix="nmt-fuzz-in-"))
-    source, out = folder / "in.txt", folder / "out.txt"
-    source.write_bytes(data)
-    err = io.StringIO()
-    stderr, sys.stderr = sys.stderr, err
-    try:
-        code = main(["translate", "-c", str(_fuzz_checkpoint()), "-i", str(source), "-o", str(out), "-q",
-                     "--beam", "2", "--max-len-a", "0", "--max-len-b", "3"])
-    finally:
-        sys.stderr = stderr
-    if code == 0:
-        lines_in = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
-        assert out.read_text(encoding="utf-8").count("\n") == lines_in
-    else:
-        assert code == 2
-        errors = [line for line in err.getvalue().splitlines() if line.startswith("nmt translate: error:")]
-        assert len(errors) == 1 and "in.txt" in errors[0]
+    """Any input file either translates (valid UTF-8: one output line per input line) or is refused (invalid
+    UTF-8, or a damaged gzip stream: exit 2 and one stderr line naming the file and line), never with a
+    traceback."""
+    with tempfile.TemporaryDirectory(prefix="nmt-fuzz-in-") as folder:
+        source, out = Path(folder) / "in.txt", Path(folder) / "out.txt"
+        source.write_bytes(data)
+        err = io.StringIO()
+        stderr, sys.stderr = sys.stderr, err
+        try:
+            code = main(["translate", "-c", str(_fuzz_checkpoint()), "-i", str(source), "-o", str(out), "-q",
+                         "--beam", "2", "--max-len-a", "0", "--max-len-b", "3"])
+        finally:
+            sys.stderr = stderr
+        shown = err.getvalue()
+        assert "Traceback" not in shown
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            lines = shown.splitlines()
+            assert code == 2 and len(lines) == 1, shown
+            assert lines[0].startswith(f"nmt translate: error: {source} line ")
+            assert "invalid UTF-8" in lines[0] or "cannot read" in lines[0]  # bytes that start like gzip are read so
+        else:
+            assert code == 0, shown
+            lines_in = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+            assert out.read_bytes().count(b"\n") == lines_in
