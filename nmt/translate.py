@@ -29,7 +29,7 @@ from nmt.errors import NMTError
 from nmt.outputs import (atomic_output, check_outputs, check_writable, standard_input, standard_output,
                          stdout_error)
 from nmt.precision import describe_device, dtype_name
-from nmt.translator import Translation, Translator
+from nmt.translator import Translation, Translator, warn_if_cut
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class _OrderedWriter:
 
     def add(self, first: int, positions: list[int], translations: list[list[Translation]]) -> None:
         for position, hyps in zip(positions, translations):
+            warn_if_cut(hyps, first + position + 1)
             self.waiting[first + position] = hyps
         while self.written in self.waiting:
             self._write(self.written, self.waiting.pop(self.written))

@@ -140,7 +140,10 @@ class Translator:
     def translate_lines(self, sentences: Sequence[str], first_line: int = 1, with_attention: bool = False
                         ) -> list[list[Translation]]:
         """`decode.nbest` translations of each raw sentence, best first, in input order."""
-        return self.translate_encoded(self.encode(sentences, first_line), with_attention)
+        results = self.translate_encoded(self.encode(sentences, first_line), with_attention)
+        for i, hyps in enumerate(results):
+            warn_if_cut(hyps, first_line + i)
+        return results
 
     # ------------------------------------------------------------------------------------------- the Python API
 
@@ -165,6 +168,12 @@ class Translator:
         sentences = list(sentences)
         _check_sentences(sentences)
         return self.with_options(**options).translate_lines(sentences, with_attention=with_attention)
+
+
+def warn_if_cut(hyps: list[Translation], line: int) -> None:
+    """A translation that stopped at the output limit (a runaway line) is named, since it may be cut short."""
+    if len(hyps[0].tokens) >= MAX_LINE_SUBWORDS:
+        log.warning("line %d: the translation stopped at the limit of %d subwords", line, MAX_LINE_SUBWORDS)
 
 
 def _check_sentences(sentences: list[Any]) -> None:

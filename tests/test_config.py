@@ -247,3 +247,43 @@ def test_cli_unset_env_var(run_cli, user_error, write_config, monkeypatch: pytes
     monkeypatch.delenv("NMT_TEST_UNSET", raising=False)
     path = write_config({"data": {"train": {"src": "$NMT_TEST_UNSET/train.de"}}})
     user_error(run_cli("prepare", path), "NMT_TEST_UNSET", "is not set")
+
+
+def _bounded_keys() -> list[tuple[str, tuple]]:
+    """(section.key, bounds) for every field declared with `bounded`, nested sections included."""
+    found = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if "bounds" in f.metadata:
+                found.append((f"{prefix}{f.name}", f.metadata["bounds"]))
+            elif dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+
+    walk(Config, "")
+    return found
+
+
+def _out_of_range(bounds: tuple) -> float:
+    low, high, above, below = bounds
+    if low is not None:
+        return low - 1
+    if above is not None:
+        return above
+    return (high if high is not None else below) + 1
+
+
+@pytest.mark.parametrize("key, bounds", _bounded_keys(), ids=[k for k, _ in _bounded_keys()])
+def test_every_bounded_key_out_of_range_is_named_at_load(key: str, bounds: tuple) -> None:
+    """A value out of a key's range is a user error naming the key, whichever section it is in; its default
+    is within the range."""
+    value = _out_of_range(bounds)
+    with pytest.raises(NMTError, match=f"^config key {key}: must be "):
+        load_config(None, [f"{key}={value}"])
+    load_config(None, [])  # defaults are in range
+
+
+def test_bounds_cover_the_keys_a_typo_would_break() -> None:
+    assert {"train.lr", "train.max_tokens", "decode.beam", "decode.alpha", "decode.batch_tokens",
+            "decode.max_len_a", "decode.nbest", "decode.temperature", "model.dropout"} <= dict(_bounded_keys()).keys()

@@ -9,10 +9,14 @@ about it. The table in docs/RELIABILITY.md lists every case here.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +24,8 @@ import pytest
 import torch
 
 from nmt.train import train
-from training_fixtures import load, max_difference, run_process, tiny_train_dict, to_config, write_yaml
+from training_fixtures import (load, max_difference, process_env, run_process, tiny_train_dict, to_config,
+                               write_yaml)
 
 N_UPDATES = 12
 
@@ -206,6 +211,13 @@ class Workspace:
         torch.save(payload, self.root / name)
         return self.root / name
 
+    def code_checkpoint(self, name: str) -> Path:
+        """final.pt of the finished run with an object whose unpickling would create `pwned` (`open(..., "w")`)."""
+        payload = load(self.run / "final.pt")
+        payload["config"]["note"] = Pwned(str(self.root / "pwned"))
+        torch.save(payload, self.root / name)
+        return self.root / name
+
     def truncated(self, name: str) -> Path:
         return self.file(name, (self.run / "final.pt").read_bytes()[:5000])
 
@@ -226,6 +238,16 @@ class Workspace:
     @property
     def source(self) -> Path:
         return self.corpus.path("test", "de")
+
+
+class Pwned:
+    """Unpickled, this would be `open(path, "w")`: a file appearing proves that loading ran the pickle's code."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
 
 
 def misaligned(ws: Workspace, split: str) -> str:
@@ -285,6 +307,11 @@ def bad_format(payload: dict) -> None:
 
 def other_model(payload: dict) -> None:
     payload["model"] = {k: v[..., :1] for k, v in payload["model"].items()}
+
+
+def translate_option_case(*options: str, says: str):
+    """A case: `nmt translate` of a good checkpoint and input with `options`; the line says `says`."""
+    return lambda ws: (["translate", "-c", ws.good, "-i", ws.source, *options], [says])
 
 
 # case -> builder(ws) -> (argv, fragments the one error line must contain)
@@ -394,6 +421,44 @@ BAD_INPUT = {
         [f"alignments file not found: {ws.root / 'a.jsonl'}"]),
     "plot-attention: not an alignment": lambda ws: (
         ["plot-attention", ws.file("a.jsonl", "{}\n"), "-o", ws.root / "a.png"], ["a.jsonl line 1"]),
+    # ---- options out of range (issue 15): each names its option
+    "translate: --max-len-a -1 --max-len-b -5": translate_option_case(
+        "--max-len-a", "-1", "--max-len-b", "-5", says="--max-len-a must be at least 0, got -1.0"),
+    "translate: --max-len-a 0 --max-len-b 0": translate_option_case(
+        "--max-len-a", "0", "--max-len-b", "0",
+        says="--max-len-a 0 and --max-len-b 0 allow outputs shorter than one subword"),
+    "translate: --alpha -1": translate_option_case("--alpha", "-1", says="--alpha must be at least 0, got -1.0"),
+    "translate: --batch-tokens 0": translate_option_case(
+        "--batch-tokens", "0", says="--batch-tokens must be at least 1, got 0"),
+    "translate: --threads -1": translate_option_case(
+        "--threads", "-1", says="argument --threads: must be at least 0, got -1"),
+    "translate: --beam 0": translate_option_case("--beam", "0", says="--beam must be between 1 and 256, got 0"),
+    "translate: --beam 5000": translate_option_case(
+        "--beam", "5000", says="--beam must be between 1 and 256, got 5000"),
+    "translate: --nbest over --beam": translate_option_case(
+        "--beam", "2", "--nbest", "3", says="--nbest 3 needs a beam of at least 3 (--beam is 2)"),
+    # ---- outputs that cannot be written (issue 15)
+    "translate: output /dev/full": lambda ws: (
+        ["translate", "-c", ws.good, "-i", ws.source, "-o", "/dev/full", "-q"],
+        ["cannot write /dev/full: No space left on device"]),
+    "average: output /dev/full": lambda ws: (
+        ["average", ws.good, "-o", "/dev/full"], ["cannot write /dev/full: No space left on device"]),
+    "average: output a folder": lambda ws: (
+        ["average", ws.good, "-o", ws.root], [f"cannot write {ws.root}: it is a directory; name a file"]),
+    "train: exp_dir is a file": lambda ws: (
+        ["train", ws.config(), f"exp_dir={ws.file('taken', 'x')}"],
+        [f"exp_dir {ws.root / 'taken'} is a file, not a folder"]),
+    "train: exp_dir inside a file": lambda ws: (
+        ["train", ws.config(), f"exp_dir={ws.file('taken', 'x')}/exp"],
+        [f"exp_dir {ws.root / 'taken' / 'exp'}: cannot write the experiment folder (Not a directory)"]),
+    "train: train.lr=-0.001": lambda ws: (
+        ["train", ws.config(), "train.lr=-0.001"], ["config key train.lr: must be at least 0, got -0.001"]),
+    "train: train.max_tokens=0": lambda ws: (
+        ["train", ws.config(), "train.max_tokens=0"], ["config key train.max_tokens: must be at least 1, got 0"]),
+    # ---- untrusted checkpoints (issue 16)
+    "translate: checkpoint whose pickle runs code": lambda ws: (
+        ["translate", "-c", ws.code_checkpoint("evil.pt"), "-i", ws.source],
+        [f"{ws.root / 'evil.pt'}: refused: the checkpoint asks to run io.open"]),
 }
 
 # Bad input whose message must name the data split or file (these were once known gaps).
@@ -517,3 +582,138 @@ def test_a_100000_character_line_in_the_training_data_is_dropped_and_reported(wo
     assert train(to_config(raw), run_tests=False) == 0
     n = len(workspace.corpus.train)
     assert f"kept {n - 1} of {n} pairs; dropped 1 longer than 100 subwords" in caplog.text
+
+
+# ----------------------------------------------------------------------------------------------- issue 15: no data lost
+
+
+def test_a_checkpoint_whose_pickle_runs_code_runs_nothing(workspace, run_cli, user_error):
+    """The crafted checkpoint would create a file if unpickled with torch's defaults; it is refused first."""
+    evil = workspace.code_checkpoint("evil.pt")
+    unrestricted = torch.load(evil, weights_only=False)  # there the pickle does run code: the test is real
+    unrestricted["config"]["note"].close()
+    assert (workspace.root / "pwned").exists()
+    (workspace.root / "pwned").unlink()
+    for argv in (["translate", "-c", evil, "-i", workspace.source], ["average", evil, "-o", workspace.root / "a.pt"],
+                 ["test", workspace.config(), "-c", evil]):
+        user_error(as_shown(run_cli(*argv)), f"{evil}: refused: the checkpoint asks to run io.open")
+    assert not (workspace.root / "pwned").exists()
+
+
+def test_a_failed_translation_leaves_the_previous_output_as_it_was(workspace, run_cli, user_error):
+    lines = [line.encode() for line in workspace.lines("test", "de")]
+    lines[3] = b"caf\xe9 " + lines[3]
+    bad = workspace.file("bad.de", b"".join(line + b"\n" for line in lines))
+    keep = workspace.file("keep.en", "a previous run's translation\n")
+    user_error(as_shown(run_cli("translate", "-c", workspace.good, "-i", bad, "-o", keep, "-q")),
+               "bad.de line 4: invalid UTF-8")
+    assert keep.read_text() == "a previous run's translation\n"
+    assert sorted(p.name for p in workspace.root.iterdir() if ".tmp" in p.name) == []
+
+
+def test_a_named_pipe_is_read_once_and_translated_whole(workspace, run_cli):
+    import os
+    import threading
+
+    expected_out = workspace.root / "expected.en"
+    assert run_cli("translate", "-c", workspace.good, "-i", workspace.source, "-o", expected_out, "-q").code == 0
+    fifo = workspace.root / "in.fifo"
+    os.mkfifo(fifo)
+    data = workspace.source.read_bytes()
+    writer = threading.Thread(target=lambda: fifo.write_bytes(data), daemon=True)
+    writer.start()
+    out = workspace.root / "out.en"
+    assert run_cli("translate", "-c", workspace.good, "-i", fifo, "-o", out, "-q").code == 0
+    writer.join(timeout=30)
+    assert out.read_text() == expected_out.read_text() and out.read_text().count("\n") == data.count(b"\n") > 0
+
+
+def test_a_pipe_named_as_the_input_file_is_read_once(workspace):
+    """`-i <(cat in.de)` and `-i /dev/stdin` name a pipe: it must not be read once to count and once to
+    translate (that wrote 0 lines)."""
+    done = run_process(["translate", "-c", workspace.good, "-i", "/dev/stdin", "-q", "--beam", "1"],
+                       cwd=workspace.root, stdin=workspace.source.read_text())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == len(workspace.lines("test", "de"))
+
+
+def test_score_reads_a_byte_order_mark_as_nmt_translate_does(workspace, run_cli):
+    text = workspace.source.read_text()
+    plain, with_bom = workspace.file("plain.txt", text), workspace.file("bom.txt", "\ufeff" + text)
+    scores = json.loads(run_cli("score", "-r", plain, "-i", with_bom, "--json").out)
+    assert scores["bleu"] == pytest.approx(100.0) and scores["chrf"] == pytest.approx(100.0)
+
+
+def test_stdout_on_a_full_disk_is_one_line(workspace):
+    with open("/dev/full", "w") as full:
+        done = run_process(["translate", "-c", workspace.good, "-i", workspace.source, "-q"], cwd=workspace.root,
+                           stdout=full)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["nmt translate: error: cannot write standard output: No space left on device"]
+
+
+def test_settings_that_train_nothing_useful_are_warned_about(workspace, run_cli, caplog):
+    config = workspace.config()
+    with caplog.at_level(logging.WARNING, logger="nmt.train"):
+        result = run_cli("train", config, "train.lr=0", "train.max_tokens=12", "train.max_updates=2", "--no-test")
+    assert result.code == 0, result.err
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "train.lr is 0: the parameters will not change" in warnings
+    alone = [w for w in warnings if "longer than train.max_tokens (12 subwords" in w]
+    assert len(alone) == 1 and re.match(r"\d+ training sentences are longer", alone[0])
+
+
+def _translate_lines_as_they_come(workspace, extra: list) -> subprocess.Popen:
+    """`nmt translate` reading a pipe, in a real process, for the parent to feed line by line and interrupt."""
+    return subprocess.Popen([sys.executable, "-m", "nmt", "translate", "-c", str(workspace.good), "-q", "--beam", "1",
+                             *map(str, extra)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=workspace.root, env=process_env())
+
+
+def _readline_within(stream, seconds: float) -> str:
+    """The next line of a pipe, or AssertionError when none comes in time (a hang would stall the suite)."""
+    import select
+
+    if not select.select([stream], [], [], seconds)[0]:
+        raise AssertionError(f"no line within {seconds} s")
+    return stream.readline()
+
+
+def test_ctrl_c_keeps_what_stdout_got_and_says_so(workspace):
+    lines = workspace.lines("test", "de")[:3]
+    process = _translate_lines_as_they_come(workspace, [])
+    try:
+        got = []
+        for line in lines:  # each line is translated as soon as it arrives, before the next one is sent
+            process.stdin.write(line + "\n")
+            process.stdin.flush()
+            got.append(_readline_within(process.stdout, 60))
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert all(g.endswith("\n") for g in got) and out == ""
+    assert "interrupted after 3 translated lines: the first 3 lines were written" in err
+    assert err.splitlines()[-1] == "nmt translate: interrupted"
+
+
+def test_ctrl_c_leaves_the_output_file_as_it_was(workspace):
+    out = workspace.file("out.en", "a previous run's translation\n")
+    process = _translate_lines_as_they_come(workspace, ["-o", out])
+    try:
+        for line in workspace.lines("test", "de")[:3]:
+            process.stdin.write(line + "\n")
+            process.stdin.flush()
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(
+                p.read_text().count("\n") == 3 for p in workspace.root.glob(".out.en.tmp*")):
+            time.sleep(0.05)  # poll the temporary file until the three lines are in it
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert f"interrupted after 3 translated lines: {out} is left as it was" in err
+    assert out.read_text() == "a previous run's translation\n"
+    assert list(workspace.root.glob(".out.en.tmp*")) == []

@@ -13,7 +13,8 @@ from nmt.data.collate import pad_sources
 from nmt.tokens import BOS, EOS, PAD
 from nmt.errors import NMTError
 from nmt.config import DecodeConfig
-from nmt.search import Hypothesis, Search
+from nmt.search import Hypothesis, Search, max_lengths
+from nmt.tokens import MAX_LINE_SUBWORDS
 from translation_fixtures import tiny_model
 
 
@@ -297,3 +298,14 @@ def test_bad_options_are_user_errors() -> None:
     with pytest.raises(NMTError, match="temperature"):
         search([model], src, lengths, beam=1, temperature=0.0)
     assert search([model], src[:0], lengths[:0], beam=2) == []
+
+
+def test_no_output_grows_beyond_the_line_limit_whatever_max_len_a_says() -> None:
+    """The bound on a line's work (docs/RELIABILITY.md): a model that never ends a sentence stops at 1024."""
+    model = tiny_model(9, seed=13)
+    with torch.no_grad():
+        model.output.bias[EOS] = -100.0
+    src, lengths = pad_sources([np.arange(4, 9)])  # 5 subwords + EOS: a * 6 + b = 1546 without the bound
+    assert max_lengths(lengths, 256.0, 10, 1).tolist() == [MAX_LINE_SUBWORDS] == [1024]
+    (hyp,), = search([model], src, lengths, beam=2, max_len_a=256.0, max_len_b=10)
+    assert len(hyp.tokens) == 1024

@@ -183,3 +183,17 @@ def test_translate_fuzz_random_bytes_translate_or_fail_as_a_user_error(data: byt
             assert code == 0, shown
             lines_in = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
             assert out.read_bytes().count(b"\n") == lines_in
+
+
+def test_a_translation_stopped_by_the_output_limit_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    checkpoint = make_checkpoint(tmp_path / "model.pt", seed=5)
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["model"]["output.bias"][3] = -100.0  # EOS never wins: every line runs to its maximum length
+    torch.save(payload, checkpoint)
+    source = tmp_path / "in.txt"
+    source.write_text("ka\nka lo mi nu pe ri\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="nmt.translator"):
+        assert main(["translate", "-c", str(checkpoint), "-i", str(source), "-o", str(tmp_path / "out.txt"), "-q",
+                     "--beam", "1", "--max-len-a", "200"]) == 0
+    assert [r.getMessage() for r in caplog.records if "limit" in r.getMessage()] == [
+        "line 2: the translation stopped at the limit of 1024 subwords"]

@@ -56,14 +56,19 @@ def write_yaml(raw: dict, path: Path) -> Path:
     return path
 
 
+def process_env(env: dict | None = None) -> dict:
+    """The environment of a test's subprocess: this checkout's nmt, one thread, no network."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
+
+
 def run_process(args: list, cwd: Path, env: dict | None = None, code: str | None = None, module: str = "nmt",
-                timeout: float = 180) -> subprocess.CompletedProcess:
-    """`python -m MODULE ARGS` (or `python -c CODE ARGS`) in a fresh process on one thread."""
-    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-                "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
+                timeout: float = 180, stdin: str | None = None, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` (or `python -c CODE ARGS`) in a fresh process on one thread; `stdin` is its input
+    text, `stdout` where its output goes (captured by default)."""
     command = [sys.executable, "-c", code] if code is not None else [sys.executable, "-m", module]
-    return subprocess.run(command + [str(a) for a in args], cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(command + [str(a) for a in args], cwd=cwd, env=process_env(env), input=stdin,
+                          stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=timeout)
 
 
 def load(path: Path) -> dict:
