@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from nmt.errors import NMTError
 from nmt.outputs import StdoutError, flush_stdout
@@ -152,7 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    _add_experiment_commands(sub)
+    _add_translate_command(sub)
+    _add_file_commands(sub)
+    return parser
 
+
+def _add_experiment_commands(sub: Any) -> None:
+    """The commands that take an experiment config: prepare, train, test; and average, on a run's checkpoints."""
     overrides_help = "config overrides as section.key=value, e.g. train.lr=0.002 model.cell=lstm"
 
     p = sub.add_parser("prepare", help="train SentencePiece and encode the corpus into the experiment cache",
@@ -185,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="where to write the averaged checkpoint")
     p.set_defaults(func=cmd_average)
 
+
+def _add_translate_command(sub: Any) -> None:
     p = sub.add_parser("translate", help="translate a file (or stdin) with one or more checkpoints",
                        description="Translate line by line: output line N always translates input line N. "
                        "Several -c checkpoints decode as an ensemble.")
@@ -214,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or speed line")
     p.set_defaults(func=cmd_translate)
 
+
+def _add_file_commands(sub: Any) -> None:
+    """The commands on plain files: score, split, plot, plot-attention."""
     p = sub.add_parser("score", help="BLEU, chrF and TER of a hypothesis file against a reference (sacrebleu)",
                        description="Score detokenised hypotheses against references with sacrebleu.")
     p.add_argument("-r", "--ref", required=True, help="reference file")
@@ -249,7 +262,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0, help="0-based sentence index (default: 0)")
     p.add_argument("-o", "--output", required=True, help="PNG path")
     p.set_defaults(func=cmd_plot_attention)
-    return parser
 
 
 def _discard_stdout() -> None:

@@ -206,8 +206,36 @@ class _Finisher:
             attn = attention[i, :, : self.src_lengths[sent]].clone() if attention is not None else None
             self.hyps[sent].append(Hypothesis(toks, score, lp, attn))
 
+    def add_rows(self, ens: Ensemble, rows: torch.Tensor, sentences: torch.Tensor, log_probs: torch.Tensor,
+                 tokens: torch.Tensor, history: torch.Tensor | None) -> None:
+        """Finish the hypotheses whose states are rows `rows` of `ens` (their tokens: `tokens[rows]`, their
+        attention so far: `history[rows]`); sentences and log_probs: (n,) as in `add`."""
+        coverage = ens.coverage()
+        self.add(sentences, log_probs, tokens[rows], None if coverage is None else coverage[rows], ens.src_mask[rows],
+                 None if history is None else history[rows])
+
     def best(self, nbest: int) -> list[list[Hypothesis]]:
         return [sorted(h, key=lambda x: -x.score)[:nbest] for h in self.hyps]
+
+
+def _candidates(scores: torch.Tensor, log_probs: torch.Tensor, k: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 2k best extensions of each live sentence's k hypotheses: scores (live * k,) and log_probs
+    (live * k, vocab) -> their scores, parent rows and tokens, each (live, 2k), best first. Two candidates per beam
+    guarantee k that do not end, since each beam has a single EOS."""
+    vocab = log_probs.size(-1)
+    live = scores.numel() // k
+    top_scores, top_index = (scores.unsqueeze(1) + log_probs).view(live, k * vocab).topk(2 * k, dim=1)
+    parents = top_index // vocab + (torch.arange(live, device=scores.device) * k).unsqueeze(1)
+    return top_scores, parents, top_index % vocab
+
+
+def _survivors(is_eos: torch.Tensor, k: int, *candidates: torch.Tensor) -> list[torch.Tensor]:
+    """The k best candidates that do not end, (live, k) each: the smallest positions among the non-EOS ones."""
+    live = is_eos.size(0)
+    position = torch.arange(2 * k, device=is_eos.device).expand(live, 2 * k)
+    keep_pos = (position + is_eos.long() * 2 * k).topk(k, dim=1, largest=False).values  # (live, k)
+    return [c.gather(1, keep_pos) for c in candidates]
 
 
 def _searching(method: Callable) -> Callable:
@@ -299,7 +327,6 @@ class Search:
         device = src.device
         batch, k = src.size(0), decode.beam
         ens = Ensemble(models, src, src_lengths, coverage=decode.coverage_penalty > 0, stats=self.stats)
-        vocab = ens.vocab_size
         finisher = _Finisher(batch, src_lengths, decode, with_attention)
 
         ens.reorder(torch.arange(batch, device=device).repeat_interleave(k), encoder=True)
@@ -316,37 +343,23 @@ class Search:
         prev = torch.full((batch * k,), BOS, dtype=torch.long, device=device)
 
         for step in range(int(sent_max.max()) + 1):
-            live = sent_ids.numel()
             log_probs, attn = ens.step(prev)  # (live * k, vocab), (live * k, src_len)
             _restrict(log_probs, step, decode.min_len, sent_max.repeat_interleave(k))
             if history is not None:
                 history = torch.cat([history, attn.unsqueeze(1)], dim=1)  # (live * k, step + 1, src_len)
-
-            # Two candidates per beam guarantee k that do not end, since each beam has a single EOS.
-            candidates = (scores.unsqueeze(1) + log_probs).view(live, k * vocab)
-            top_scores, top_index = candidates.topk(2 * k, dim=1)  # (live, 2k)
-            parents = top_index // vocab + (torch.arange(live, device=device) * k).unsqueeze(1)  # rows, (live, 2k)
-            next_tokens = top_index % vocab
+            top_scores, parents, next_tokens = _candidates(scores, log_probs, k)  # (live, 2k) each
             is_eos = next_tokens == EOS
 
             # Finish the EOS candidates that rank among the k best of their sentence.
             finishing = is_eos[:, :k] & (top_scores[:, :k] > -math.inf)  # (live, k)
             if finishing.any():
                 where_sent, where_beam = finishing.nonzero(as_tuple=True)
-                rows = parents[where_sent, where_beam]
-                coverage = ens.coverage()
-                finisher.add(sent_ids[where_sent], top_scores[where_sent, where_beam], tokens[rows],
-                             None if coverage is None else coverage[rows], ens.src_mask[rows],
-                             None if history is None else history[rows])
+                finisher.add_rows(ens, parents[where_sent, where_beam], sent_ids[where_sent],
+                                  top_scores[where_sent, where_beam], tokens, history)
                 n_finished += finishing.sum(1)
 
             done = (n_finished >= k) | (step >= sent_max)  # (live,)
-            # The k best candidates that do not end continue: the smallest positions among non-EOS candidates.
-            position = torch.arange(2 * k, device=device).expand(live, 2 * k)
-            keep_pos = (position + is_eos.long() * 2 * k).topk(k, dim=1, largest=False).values  # (live, k)
-            rows = parents.gather(1, keep_pos)
-            scores_next = top_scores.gather(1, keep_pos)
-            tokens_next = next_tokens.gather(1, keep_pos)
+            rows, scores_next, tokens_next = _survivors(is_eos, k, parents, top_scores, next_tokens)
             if done.all():
                 break
             shrink = bool(done.any())
@@ -393,10 +406,7 @@ class Search:
             ended = chosen == EOS
             if ended.any():
                 rows = ended.nonzero().squeeze(1)
-                coverage = ens.coverage()
-                finisher.add(row_sent[rows], scores[rows], tokens[rows],
-                             None if coverage is None else coverage[rows], ens.src_mask[rows],
-                             None if history is None else history[rows])
+                finisher.add_rows(ens, rows, row_sent[rows], scores[rows], tokens, history)
                 if bool(ended.all()):
                     break
                 alive = (~ended).nonzero().squeeze(1)
