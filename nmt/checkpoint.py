@@ -52,7 +52,9 @@ def _numpy_array_globals() -> list:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import _reconstruct
-    return [_reconstruct, np.ndarray, np.dtype]
+    number_dtypes = [type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8,
+                                                  np.uint16, np.uint32, np.uint64, np.float32, np.float64)]
+    return [_reconstruct, np.ndarray, np.dtype, *number_dtypes]
 
 
 # ----------------------------------------------------------------------------------------------- building

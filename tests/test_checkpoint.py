@@ -300,3 +300,21 @@ def test_resuming_with_the_other_embedding_scale_is_refused_naming_the_key(run, 
     with pytest.raises(NMTError, match=r"last\.pt: trained with model\.scale_embeddings: true; set it"):
         train(config, resume=True, run_tests=False)
     assert (exp / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_a_training_checkpoint_of_the_earlier_format_still_loads_and_restores_its_rng(run, tmp_path):
+    """Before weights-only loading, training checkpoints held the numpy RNG state as a numpy array; such a file
+    loads (numpy arrays of numbers are the one type allowed beyond tensors) and restores the same state."""
+    import numpy as np
+
+    from nmt.checkpoint import load_training_checkpoint, numpy_rng_state
+
+    payload = load(run / "checkpoints" / "last.pt")
+    kind, keys, *rest = payload["rng"]["numpy"]
+    assert isinstance(keys, torch.Tensor)  # what this version writes
+    payload["rng"]["numpy"] = (kind, keys.numpy().astype(np.uint32), *rest)  # what earlier versions wrote
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    assert "numpy.ndarray" in torch.serialization.get_unsafe_globals_in_checkpoint(old)
+    np.random.set_state(numpy_rng_state(load_training_checkpoint(old)["rng"]["numpy"]))
+    assert np.array_equal(np.random.get_state()[1], keys.numpy().astype(np.uint32))

@@ -41,7 +41,9 @@ def main() -> None:
     from nmt.data.batching import make_batches
     from nmt.data.prepare import prepare
     from nmt.precision import cpu_kind, dtype_name, resolve_device
-    from nmt.train import Dist, Trainer, seed_everything
+    from nmt.distributed import Dist
+    from nmt.tokens import with_eos
+    from nmt.train import Trainer, seed_everything
 
     cfg = load_config(args.config, args.overrides)
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
@@ -49,7 +51,7 @@ def main() -> None:
     data = prepare(cfg)
     seed_everything(cfg.train.seed)
     trainer = Trainer(cfg, data, device, Dist())
-    batches = make_batches(data.train.src_lengths + 1, data.train.tgt_lengths + 1, cfg.train.max_tokens,
+    batches = make_batches(with_eos(data.train.src_lengths), with_eos(data.train.tgt_lengths), cfg.train.max_tokens,
                            seed=cfg.train.seed, epoch=0)
     for batch in batches[: args.warmup]:
         trainer.train_update([batch])
