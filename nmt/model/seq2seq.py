@@ -114,8 +114,20 @@ class Seq2Seq(nn.Module):
         `weights` from `self.decoder.step_weights(device)`, prepared once per batch, saves re-casting them
         at every step under autocast.
         """
-        out, state, attention = self.decoder.step(prev, state, enc, keys, weights)
-        return torch.log_softmax(self.logits(out).float(), dim=-1), state, attention
+        logits, state, attention = self.step_logits(prev, state, enc, keys, weights)
+        return torch.log_softmax(logits, dim=-1), state, attention
+
+    def step_logits(self, prev: torch.Tensor, state: DecoderState, enc: EncoderOutput, keys: torch.Tensor | None,
+                    weights: StepWeights | None = None, out: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
+        """`step` before normalising: (batch, vocab) float32 logits, written into `out` when it is given (in fp32,
+        without autocast): a search reuses one buffer instead of allocating tens of MB at every step."""
+        output, state, attention = self.decoder.step(prev, state, enc, keys, weights)
+        if out is None or torch.is_autocast_enabled(output.device.type):
+            return self.logits(output).float(), state, attention
+        if self.pre_output is not None:
+            output = self.pre_output(output)
+        return torch.addmm(self.output.bias, output, self.output.weight.t(), out=out), state, attention
 
 
 def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, joint_vocab: bool) -> Seq2Seq:
