@@ -208,8 +208,9 @@ def _add_translate_command(sub: Any) -> None:
     p.add_argument("--max-len-a", type=float, default=None, help="max output length = a * source length + b")
     p.add_argument("--max-len-b", type=int, default=None, help="see --max-len-a")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="compute dtype; auto picks bf16 only where the hardware does it fast")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                   help="compute dtype; auto picks bf16 only where the hardware does it fast; int8 (CPUs) puts the "
+                   "decoder's products and the vocabulary projection in int8")
     p.add_argument("--batch-tokens", type=int, default=None, help="source tokens per batch (default: config)")
     p.add_argument("--alignments", default=None, help="write each sentence's attention matrix to this JSONL file")
     p.add_argument("--temperature", type=float, default=None, help="sample instead of searching, at this temperature")

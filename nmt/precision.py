@@ -17,7 +17,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# int8 is for decoding on CPUs only (`nmt.quantize`): its products run in int8, everything else in fp32.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.qint8}
 
 
 @functools.lru_cache(maxsize=1)
@@ -84,6 +85,10 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     dtype = DTYPES[requested]
+    if dtype == torch.qint8 and device.type != "cpu":
+        from nmt.errors import NMTError
+
+        raise NMTError("dtype int8 is for decoding on CPUs; use bf16 or fp16 on a GPU")
     if device.type == "cpu" and dtype == torch.float16:
         from nmt.errors import NMTError
 
@@ -95,7 +100,7 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    if dtype == torch.float32:
+    if dtype in (torch.float32, torch.qint8):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 

@@ -31,6 +31,7 @@ from nmt.data.batching import make_batches
 from nmt.data.collate import pad_sources
 from nmt.errors import NMTError
 from nmt.precision import autocast, resolve_device, resolve_dtype
+from nmt.quantize import quantize_decoder
 from nmt.search import Hypothesis, Search
 from nmt.tokens import MAX_LINE_SUBWORDS, with_eos
 
@@ -60,6 +61,9 @@ class Translator:
                  dtype: torch.dtype):
         if not members:
             raise NMTError("no checkpoint given")
+        if dtype == torch.qint8:
+            for member in members:
+                quantize_decoder(member.model)
         self.members = members
         self.models = [m.model for m in members]
         self.src_spm, self.tgt_spm = members[0].src_spm, members[0].tgt_spm

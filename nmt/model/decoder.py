@@ -21,6 +21,7 @@ in bf16, so the recurrent state does not accumulate bf16 rounding.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,12 +49,18 @@ class DecoderState:
 class StepWeights:
     """The recurrent weights in the compute dtype, prepared once per batch (see the module docstring)."""
 
-    emb_in: torch.Tensor  # (gates * hidden, emb): layer 0's input weights for the embedding part
-    feed_in: torch.Tensor | None  # (gates * hidden, output_size): layer 0's input weights for the fed vector
+    # Each weight is a tensor, or an int8 layer (`nmt.quantize.Int8Linear`, its bias inside) after quantizing.
+    emb_in: Any  # (gates * hidden, emb): layer 0's input weights for the embedding part
+    feed_in: Any  # (gates * hidden, output_size): layer 0's input weights for the fed vector, or None
     bias_in: list[torch.Tensor]  # per layer (gates * hidden,)
-    upper_in: list[torch.Tensor]  # layers 1..: (gates * hidden, hidden)
-    hidden_in: list[torch.Tensor]  # per layer (gates * hidden, hidden)
+    upper_in: list[Any]  # layers 1..: (gates * hidden, hidden)
+    hidden_in: list[Any]  # per layer (gates * hidden, hidden)
     bias_hidden: list[torch.Tensor]
+
+
+def _linear(x: torch.Tensor, weight: Any, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear`, or an int8 layer of `nmt.quantize` (which holds its own bias)."""
+    return F.linear(x, weight, bias) if isinstance(weight, torch.Tensor) else weight(x)
 
 
 def _compute_dtype(device: torch.device) -> torch.dtype | None:
@@ -98,6 +105,7 @@ class Decoder(nn.Module):
         self.bridge = nn.Linear(encoder_size, layers * hidden) if bridge != "zero" else None
         self.emb_dropout = nn.Dropout(emb_dropout)
         self.out_dropout = nn.Dropout(dropout)
+        self.int8_weights: StepWeights | None = None  # set by nmt.quantize.quantize_decoder
 
     def summary(self, enc: EncoderOutput) -> torch.Tensor:
         """(batch, enc_size): the encoder's final states, or the mean of its states with `bridge: mean`."""
@@ -123,6 +131,8 @@ class Decoder(nn.Module):
         return DecoderState(hidden, cell, feed, context=context)
 
     def step_weights(self, device: torch.device) -> StepWeights:
+        if self.int8_weights is not None:
+            return self.int8_weights
         dtype = _compute_dtype(device)
         cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)  # noqa: E731
         emb = self.embedding.embedding_dim
@@ -136,6 +146,23 @@ class Decoder(nn.Module):
             bias_hidden=[getattr(self.rnn, f"bias_hh_l{k}") for k in range(self.layers)],
         )
 
+    def int8_step_weights(self) -> StepWeights:
+        """The recurrent weights in int8 (`nmt.quantize`): the embeddings' share of layer 0's input with a per-row
+        range, the other inputs (hidden states, the fed attentional vector) within [-1, 1]; biases inside."""
+        from nmt.quantize import Int8Linear
+
+        emb = self.embedding.embedding_dim
+        w0 = self.rnn.weight_ih_l0
+        rnn = lambda name, k: getattr(self.rnn, f"{name}_l{k}")  # noqa: E731
+        return StepWeights(
+            emb_in=Int8Linear(w0[:, :emb], rnn("bias_ih", 0), None),
+            feed_in=Int8Linear(w0[:, emb:], None, 1.0) if self.input_feeding else None,
+            bias_in=[rnn("bias_ih", k) for k in range(self.layers)],
+            upper_in=[Int8Linear(rnn("weight_ih", k), rnn("bias_ih", k), 1.0) for k in range(1, self.layers)],
+            hidden_in=[Int8Linear(rnn("weight_hh", k), rnn("bias_hh", k), 1.0) for k in range(self.layers)],
+            bias_hidden=[rnn("bias_hh", k) for k in range(self.layers)],
+        )
+
     def embed(self, tokens: torch.Tensor, weights: StepWeights) -> torch.Tensor:
         """(...) token ids -> (..., gates * hidden): layer 0's input projection of their embeddings.
 
@@ -143,7 +170,7 @@ class Decoder(nn.Module):
         backward, instead of a dense vocabulary-sized gradient per step) and one large product.
         """
         embedded = self.emb_dropout(self.embedding(tokens) * self.emb_scale)
-        return F.linear(embedded, weights.emb_in, weights.bias_in[0])
+        return _linear(embedded, weights.emb_in, weights.bias_in[0])
 
     def _cell(self, gates_in: torch.Tensor, gates_hidden: torch.Tensor, hidden: torch.Tensor,
               cell: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -166,15 +193,15 @@ class Decoder(nn.Module):
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
         """One step given layer 0's projected input (batch, gates * hidden) from `embed`."""
         if self.input_feeding:
-            gates_in = gates_in + F.linear(state.feed, weights.feed_in)
+            gates_in = gates_in + _linear(state.feed, weights.feed_in)
         if state.context is not None:
             gates_in = gates_in + state.context
         hiddens, cells = [], []
         x = None
         for k in range(self.layers):
             if k > 0:
-                gates_in = F.linear(self.layer_dropout(x), weights.upper_in[k - 1], weights.bias_in[k])
-            gates_hidden = F.linear(state.hidden[k], weights.hidden_in[k], weights.bias_hidden[k])
+                gates_in = _linear(self.layer_dropout(x), weights.upper_in[k - 1], weights.bias_in[k])
+            gates_hidden = _linear(state.hidden[k], weights.hidden_in[k], weights.bias_hidden[k])
             x, c = self._cell(gates_in, gates_hidden, state.hidden[k], state.cell[k] if state.cell is not None
                               else None)
             hiddens.append(x)

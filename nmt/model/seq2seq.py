@@ -123,7 +123,7 @@ class Seq2Seq(nn.Module):
         """`step` before normalising: (batch, vocab) float32 logits, written into `out` when it is given (in fp32,
         without autocast): a search reuses one buffer instead of allocating tens of MB at every step."""
         output, state, attention = self.decoder.step(prev, state, enc, keys, weights)
-        if out is None or torch.is_autocast_enabled(output.device.type):
+        if out is None or torch.is_autocast_enabled(output.device.type) or not isinstance(self.output, nn.Linear):
             return self.logits(output).float(), state, attention
         if self.pre_output is not None:
             output = self.pre_output(output)
