@@ -55,13 +55,6 @@ def test_cli_translate_round_trips_a_file(checkpoint: Path, input_file: Path, tm
     assert [o == "" for o in outputs] == [i == "" for i in inputs]
 
 
-def test_cli_translate_streams_in_chunks(checkpoint: Path, input_file: Path, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    whole = run_translate(checkpoint, input_file, tmp_path / "whole.txt")
-    monkeypatch.setattr(nmt.translate, "CHUNK_LINES", 3)
-    assert run_translate(checkpoint, input_file, tmp_path / "chunked.txt") == whole
-
-
 def test_cli_translate_stdin_to_stdout(checkpoint: Path, input_file: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     expected = run_translate(checkpoint, input_file, tmp_path / "out.txt")
@@ -197,3 +190,37 @@ def test_a_translation_stopped_by_the_output_limit_is_named(tmp_path: Path, capl
                      "--beam", "1", "--max-len-a", "200"]) == 0
     assert [r.getMessage() for r in caplog.records if "limit" in r.getMessage()] == [
         "line 2: the translation stopped at the limit of 1024 subwords"]
+
+
+def test_lines_typed_one_at_a_time_come_back_one_at_a_time(checkpoint: Path, input_file: Path, tmp_path: Path) -> None:
+    """Like fairseq-interactive: each line's translation is written (and flushed) as soon as the line is read;
+    the next line is only sent once the previous translation came back."""
+    import select
+    import subprocess
+
+    from training_fixtures import process_env
+
+    expected = run_translate(checkpoint, input_file, tmp_path / "whole.txt")
+    lines = input_file.read_text(encoding="utf-8").split("\n")[:-1]
+    process = subprocess.Popen([sys.executable, "-m", "nmt", "translate", "-c", str(checkpoint), "-q", "--device",
+                                "cpu", "--dtype", "fp32"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=process_env())
+    try:
+        got = []
+        for line in lines:
+            process.stdin.write(line + "\n")
+            process.stdin.flush()
+            assert select.select([process.stdout], [], [], 60)[0], f"no translation of {line!r} within 60 s"
+            got.append(process.stdout.readline().rstrip("\n"))
+        process.stdin.close()
+        assert process.wait(timeout=60) == 0, process.stderr.read()
+    finally:
+        process.kill()
+    assert got == expected
+
+
+@pytest.mark.parametrize("buffer_lines", ["1", "2", "3"])
+def test_small_buffers_change_nothing_but_when_lines_are_written(checkpoint: Path, input_file: Path, tmp_path: Path,
+                                                                 buffer_lines: str) -> None:
+    whole = run_translate(checkpoint, input_file, tmp_path / "whole.txt")
+    assert run_translate(checkpoint, input_file, tmp_path / "small.txt", "--buffer-lines", buffer_lines) == whole
