@@ -96,6 +96,24 @@ def cmd_average(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shortlist(args: argparse.Namespace) -> int:
+    from nmt.config import load_config
+    from nmt.data.prepare import prepare
+    from nmt.outputs import check_outputs, check_writable
+    from nmt.shortlist import build_shortlist
+
+    cfg = load_config(args.config, args.overrides)
+    output = args.output or str(Path(cfg.exp_dir) / "shortlist.npz")
+    check_outputs([output], [args.config])
+    data = prepare(cfg)  # creates EXP, reuses its cache
+    check_writable(output)
+    table = build_shortlist(data.train, data.src_model, data.tgt_model, args.per_source, args.frequent)
+    table.save(output)
+    print(f"wrote {output}: {len(table.targets)} candidates for {len(table.offsets) - 1} source subwords, "
+          f"{len(table.frequent)} always in")
+    return 0
+
+
 def cmd_translate(args: argparse.Namespace) -> int:
     import torch
 
@@ -108,7 +126,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         args.checkpoint, args.device, args.dtype, style="cli", beam=args.beam, nbest=args.nbest, alpha=args.alpha,
         max_len_a=args.max_len_a, max_len_b=args.max_len_b, batch_tokens=args.batch_tokens,
         greedy_floor=True if args.greedy_floor else None, temperature=args.temperature, topk=args.topk,
-        seed=args.seed)
+        seed=args.seed, shortlist=args.shortlist)
     translate_file(translator, args.input, args.output, args.alignments, args.quiet, args.buffer_lines)
     return 0
 
@@ -187,6 +205,18 @@ def _add_experiment_commands(sub: Any) -> None:
     p.add_argument("-c", "--checkpoint", default=None, help="checkpoint to use (default: EXP/final.pt)")
     p.set_defaults(func=cmd_test)
 
+    p = sub.add_parser("shortlist", help="build a lexical shortlist from the training data, for --shortlist",
+                       description="Count which target subwords each source subword's sentences contain in the "
+                       "training split (the experiment's encoded cache) and keep, per source subword, the "
+                       "PER_SOURCE most associated ones (Dice), plus the FREQUENT most frequent target subwords. "
+                       "`nmt translate --shortlist` then scores only those (see docs/BENCHMARKS.md).")
+    p.add_argument("config", help="experiment YAML config")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("-o", "--output", default=None, help="where to write it (default: EXP/shortlist.npz)")
+    p.add_argument("--per-source", type=_count(1), default=50, help="candidates per source subword (default: 50)")
+    p.add_argument("--frequent", type=_count(0), default=200, help="frequent target subwords always in (default: 200)")
+    p.set_defaults(func=cmd_shortlist)
+
     p = sub.add_parser("average", help="average the parameters of several checkpoints",
                        description="Average model parameters of checkpoints of one run into a new checkpoint.")
     p.add_argument("inputs", nargs="+", help="checkpoints to average")
@@ -219,6 +249,8 @@ def _add_translate_command(sub: Any) -> None:
     p.add_argument("--greedy-floor", action="store_true",
                    help="also run greedy search and keep its translation where it scores higher than the beam's")
     p.add_argument("--threads", type=_count(0), default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("--shortlist", default=None, help="score only each sentence's lexical shortlist, a file made "
+                   "by `nmt shortlist` (off by default: see docs/BENCHMARKS.md for its speed and BLEU)")
     p.add_argument("--buffer-lines", type=_count(1), default=10_000,
                    help="translate at most N lines at a time (default 10000); a pipe that pauses is translated "
                    "at once, so lines typed one at a time come back one at a time")

@@ -69,9 +69,17 @@ class Int8Module(nn.Module):
         super().__init__()
         self.int8 = Int8Linear(linear.weight, linear.bias, bound)
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.bound = bound
+        self._float = (linear.weight, linear.bias)  # not registered: for `subset` only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.int8(x)
+
+    def subset(self, rows: torch.Tensor) -> Int8Linear:
+        """The layer for the output features `rows` only (a shortlist's columns), quantized afresh."""
+        weight, bias = self._float
+        return Int8Linear(weight.index_select(0, rows), None if bias is None else bias.index_select(0, rows),
+                          self.bound)
 
 
 def check_int8_engine() -> None:

@@ -31,6 +31,7 @@ from nmt.config import DecodeConfig, check_bounds, check_decode
 from nmt.ensemble import Ensemble, SearchStats
 from nmt.errors import NMTError
 from nmt.model.seq2seq import Seq2Seq
+from nmt.shortlist import Shortlist
 from nmt.tokens import BOS, EOS, MAX_LINE_SUBWORDS, PAD
 
 LENGTH_PENALTIES = ("none", "average", "gnmt")
@@ -85,21 +86,23 @@ def coverage_term(coverage: torch.Tensor, src_mask: torch.Tensor, beta: float) -
     return beta * logs.sum(-1)
 
 
-def _restrict(log_probs: torch.Tensor, step: int, min_len: int, row_max_len: torch.Tensor) -> torch.Tensor:
+def _restrict(log_probs: torch.Tensor, step: int, min_len: int, row_max_len: torch.Tensor, eos: int = EOS,
+              banned: tuple[int, ...] = (PAD, BOS)) -> torch.Tensor:
     """Forbid PAD and BOS always, EOS before `min_len`, everything but EOS from a row's maximum length on.
 
-    log_probs: (rows, vocab) log-probabilities or logits, changed in place; row_max_len: (rows,).
+    log_probs: (rows, columns) log-probabilities or logits, changed in place; row_max_len: (rows,); `eos` and
+    `banned` are column indices (a shortlist's columns are not token ids, and leave PAD and BOS out).
     """
-    log_probs[:, PAD] = -math.inf
-    log_probs[:, BOS] = -math.inf
+    for column in banned:
+        log_probs[:, column] = -math.inf
     if step < min_len:
-        log_probs[:, EOS] = -math.inf
+        log_probs[:, eos] = -math.inf
     forced = step >= row_max_len  # (rows,)
     if bool(forced.any()):  # most steps force no row: spare them a pass over (rows, vocab)
         rows = forced.nonzero().squeeze(1)
-        eos = log_probs[rows, EOS]
+        kept = log_probs[rows, eos]
         log_probs[rows] = -math.inf
-        log_probs[rows, EOS] = eos
+        log_probs[rows, eos] = kept
     return log_probs
 
 
@@ -224,13 +227,14 @@ class Search:
     it scores higher, so that beam search never returns a lower score than greedy.
     """
 
-    def __init__(self, decode: DecodeConfig):
+    def __init__(self, decode: DecodeConfig, shortlist: Shortlist | None = None):
         if decode.length_penalty not in LENGTH_PENALTIES:
             raise NMTError(f"length penalty must be one of {', '.join(LENGTH_PENALTIES)}, "
                            f"got {decode.length_penalty!r}")
         check_bounds(decode, lambda name: name)
         check_decode(decode, lambda name: name)
         self.decode = decode
+        self.shortlist = shortlist  # restricts each sentence's output to its lexical shortlist (nmt/shortlist.py)
         self.stats = SearchStats()
 
     @_searching
@@ -285,7 +289,7 @@ class Search:
         (greedy search is the faster path for beam 1)."""
         decode, device = self.decode, src.device
         batch, k = src.size(0), decode.beam
-        ens = Ensemble(models, src, src_lengths, coverage=decode.coverage_penalty > 0, stats=self.stats)
+        ens = Ensemble(models, src, src_lengths, decode.coverage_penalty > 0, self.stats, self.shortlist)
         ens.expand(k)
         finisher = _Finisher(batch, src_lengths, decode, with_attention)
         trail = _Trail(with_attention and ens.has_attention)
@@ -299,10 +303,12 @@ class Search:
         prev = torch.full((batch * k,), BOS, dtype=torch.long, device=device)
         parents = None  # (live * k,) each row's row at the step before
         for step in range(int(sent_max.max()) + 1):
-            log_probs, attn = ens.step(prev)  # (live * k, vocab), (live * k, src_len)
+            log_probs, attn = ens.step(prev)  # (live * k, columns), (live * k, src_len)
             trail.push(parents, prev, attn)
-            _restrict(log_probs, step, decode.min_len, sent_max.repeat_interleave(k))
-            top_scores, candidate_rows, next_tokens = _candidates(scores, log_probs, k)  # (live, 2k) each
+            _restrict(log_probs, step, decode.min_len, sent_max.repeat_interleave(k), ens.eos_column,
+                      ens.banned_columns)
+            top_scores, candidate_rows, next_columns = _candidates(scores, log_probs, k)  # (live, 2k) each
+            next_tokens = ens.to_tokens(next_columns)
             is_eos = next_tokens == EOS
             # Finish the EOS candidates that rank among the k best of their sentence.
             finishing = is_eos[:, :k] & (top_scores[:, :k] > -math.inf)  # (live, k)
@@ -333,7 +339,7 @@ class Search:
         search's, so that beam 1 and greedy agree exactly."""
         decode, device = self.decode, src.device
         batch = src.size(0)
-        ens = Ensemble(models, src, src_lengths, coverage=decode.coverage_penalty > 0, stats=self.stats)
+        ens = Ensemble(models, src, src_lengths, decode.coverage_penalty > 0, self.stats, self.shortlist)
         finisher = _Finisher(batch, src_lengths, decode, with_attention)
         trail = _Trail(with_attention and ens.has_attention)
         row_sent = torch.arange(batch, device=device).repeat_interleave(copies)  # (rows,) original sentence
@@ -344,11 +350,12 @@ class Search:
         prev = torch.full((row_sent.numel(),), BOS, dtype=torch.long, device=device)
         parents = None  # rows that stayed, after some ended; None while every row goes on
         for step in range(int(row_max.max()) + 1):
-            log_probs, attn = ens.step(prev)  # (rows, vocab), (rows, src_len)
+            log_probs, attn = ens.step(prev)  # (rows, columns), (rows, src_len)
             trail.push(parents, prev, attn)
-            _restrict(log_probs, step, decode.min_len, row_max)
-            chosen = choose(log_probs)  # (rows,)
-            scores = scores + log_probs.gather(1, chosen.unsqueeze(1)).squeeze(1)
+            _restrict(log_probs, step, decode.min_len, row_max, ens.eos_column, ens.banned_columns)
+            column = choose(log_probs)  # (rows,)
+            scores = scores + log_probs.gather(1, column.unsqueeze(1)).squeeze(1)
+            chosen = ens.to_tokens(column)
             ended = chosen == EOS
             parents = None
             if ended.any():

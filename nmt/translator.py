@@ -33,6 +33,7 @@ from nmt.errors import NMTError
 from nmt.precision import autocast, resolve_device, resolve_dtype
 from nmt.quantize import quantize_decoder
 from nmt.search import Hypothesis, Search
+from nmt.shortlist import Shortlist, load_shortlist
 from nmt.tokens import MAX_LINE_SUBWORDS, with_eos
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class Translator:
     """Translates with one model or an ensemble; decoding options are bound when it is built."""
 
     def __init__(self, members: list[TrainedModel], decode: DecodeConfig, device: torch.device,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, shortlist: Shortlist | None = None):
         if not members:
             raise NMTError("no checkpoint given")
         if dtype == torch.qint8:
@@ -68,22 +69,25 @@ class Translator:
         self.models = [m.model for m in members]
         self.src_spm, self.tgt_spm = members[0].src_spm, members[0].tgt_spm
         self.decode = decode
-        self.search = Search(decode)
+        self.shortlist = shortlist
+        self.search = Search(decode, shortlist)
         self.device, self.dtype = device, dtype
         self.generator = (torch.Generator(device=device).manual_seed(decode.seed)
                           if decode.temperature is not None else None)
 
     @classmethod
     def load(cls, paths: str | os.PathLike | Sequence[str | os.PathLike], device: str = "auto",
-             dtype: str = "auto", style: OptionStyle = "api", **options: Any) -> Translator:
+             dtype: str = "auto", style: OptionStyle = "api", shortlist: str | os.PathLike | None = None,
+             **options: Any) -> Translator:
         """Load a checkpoint (or several, decoded as an ensemble) with the first one's decoding options, changed
-        by `options` (DecodeConfig fields; None leaves one as it is)."""
+        by `options` (DecodeConfig fields; None leaves one as it is); `shortlist` is a file of `nmt shortlist`."""
         paths = [str(p) for p in paths] if isinstance(paths, (list, tuple)) else [str(paths)]
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         members = load_ensemble(paths, torch_device)
         decode = decode_options(members[0].config.decode, options, style)
-        return cls(members, decode, torch_device, torch_dtype)
+        table = None if shortlist is None else load_shortlist(shortlist, members[0].src_spm, members[0].tgt_spm)
+        return cls(members, decode, torch_device, torch_dtype, table)
 
     @property
     def has_attention(self) -> bool:
@@ -92,7 +96,9 @@ class Translator:
     def with_options(self, style: OptionStyle = "api", **options: Any) -> Translator:
         """This translator's models with other decoding options (checked, and named in the caller's terms)."""
         decode = decode_options(self.decode, options, style)
-        return self if decode == self.decode else Translator(self.members, decode, self.device, self.dtype)
+        if decode == self.decode:
+            return self
+        return Translator(self.members, decode, self.device, self.dtype, self.shortlist)
 
     # ------------------------------------------------------------------------------------------- the decode loop
 

@@ -118,16 +118,46 @@ class Seq2Seq(nn.Module):
         return torch.log_softmax(logits, dim=-1), state, attention
 
     def step_logits(self, prev: torch.Tensor, state: DecoderState, enc: EncoderOutput, keys: torch.Tensor | None,
-                    weights: StepWeights | None = None, out: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
-        """`step` before normalising: (batch, vocab) float32 logits, written into `out` when it is given (in fp32,
-        without autocast): a search reuses one buffer instead of allocating tens of MB at every step."""
+                    weights: StepWeights | None = None, projection: OutputProjection | None = None,
+                    out: torch.Tensor | None = None) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
+        """`step` before normalising: (batch, vocab) float32 logits, through `projection` (the whole vocabulary
+        or a shortlist's columns) and into `out` when it is given."""
         output, state, attention = self.decoder.step(prev, state, enc, keys, weights)
-        if out is None or torch.is_autocast_enabled(output.device.type) or not isinstance(self.output, nn.Linear):
+        if projection is None:
             return self.logits(output).float(), state, attention
+        return projection(output, out), state, attention
+
+
+class OutputProjection:
+    """A search's vocabulary projection, prepared once per batch: over every target subword, or over a
+    shortlist's columns only (their rows of the output weights picked once, not at every step).
+
+    Called with `out`, a reused (rows, columns) float32 buffer, it writes there instead of allocating tens of MB
+    at every step (fp32 without autocast; an int8 layer allocates its own).
+    """
+
+    def __init__(self, model: Seq2Seq, columns: torch.Tensor | None):
+        from nmt.quantize import Int8Linear, Int8Module
+
+        self.pre_output = model.pre_output
+        layer = model.output
+        self.int8: Int8Linear | None = None
+        if isinstance(layer, Int8Module):
+            self.int8 = layer.int8 if columns is None else layer.subset(columns)
+            return
+        self.weight, self.bias = layer.weight, layer.bias
+        if columns is not None:
+            self.weight, self.bias = self.weight.index_select(0, columns), self.bias.index_select(0, columns)
+
+    def __call__(self, output: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """output (rows, output_size) -> (rows, columns) float32."""
         if self.pre_output is not None:
             output = self.pre_output(output)
-        return torch.addmm(self.output.bias, output, self.output.weight.t(), out=out), state, attention
+        if self.int8 is not None:
+            return self.int8(output)
+        if out is None or torch.is_autocast_enabled(output.device.type):
+            return nn.functional.linear(output, self.weight, self.bias).float()
+        return torch.addmm(self.bias, output, self.weight.t(), out=out)
 
 
 def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, joint_vocab: bool) -> Seq2Seq:
