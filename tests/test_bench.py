@@ -151,3 +151,22 @@ def test_no_tool_replaces_a_part_of_nmt_at_run_time():
     assert replaced_nmt_attributes("from nmt.train import Trainer\nsetattr(Trainer, 'run', None)\n") == [2]
     for path in sorted(TOOLS.glob("*.py")):
         assert replaced_nmt_attributes(path.read_text(encoding="utf-8")) == [], path.name
+
+
+def test_the_int8_and_shortlist_variants_decode_through_the_same_worker(tiny_corpus, tmp_path):
+    raw = tiny_train_dict(tiny_corpus, tmp_path / "exp", train={"max_updates": 2, "valid_bleu": True})
+    config = str(write_yaml(raw, tmp_path / "bench.yaml"))
+    model = bench_ours.worker_ours_model({"config": config, "threads": 1})
+    table = bench_ours.worker_ours_shortlist({"config": config, "output": str(tmp_path / "shortlist.npz")})
+    assert Path(table["shortlist"]).is_file() and table["candidates"] > 0
+    source = tmp_path / "test.de"
+    source.write_text("".join(s + "\n" for s, _ in tiny_corpus.test[:8]), encoding="utf-8")
+    spec = {"checkpoint": model["checkpoint"], "source": str(source), "alpha": 1.0, "batch_tokens": 64,
+            "beams": [1, 2], "threads": 1, "device": "cpu"}
+    for dtype, shortlist in (("int8", None), ("fp32", table["shortlist"]), ("int8", table["shortlist"])):
+        result = bench_ours.worker_ours_decode({**spec, "dtype": dtype, "shortlist": shortlist})
+        assert result["dtype"] == dtype and all(len(b["hyps"]) == 8 for b in result["beams"].values())
+        expected = Translator.load(model["checkpoint"], device="cpu", dtype=dtype, alpha=1.0, length_penalty="gnmt",
+                                   batch_tokens=64, beam=2, shortlist=shortlist).translate_lines(
+            source.read_text(encoding="utf-8").splitlines())
+        assert result["beams"]["2"]["hyps"] == [h[0].text for h in expected]

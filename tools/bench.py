@@ -294,6 +294,7 @@ def measure_decoding(s: Settings, machine: Machine, data: Data, flops: ModelFlop
                                   "source": f"{data.test_prefix}.{SRC}", "alpha": s.beam_alpha,
                                   "batch_tokens": s.decode_batch_tokens, **spec},
                                  s.cache / "runs" / f"decode-{dtype}", s.threads)
+    runs.update(decode_variants(s, data, models["fp32"]["checkpoint"], spec))
     if peer_python is not None:
         runs["peer"] = run_worker(THEIRS, "joey_decode",
                                   {"config": models["peer"]["config"], "checkpoint": models["peer"]["checkpoint"],
@@ -310,7 +311,7 @@ def measure_decoding(s: Settings, machine: Machine, data: Data, flops: ModelFlop
             f = {"sent_s": len(refs) / b["seconds"], "bleu": score, "len": mean_words(b["hyps"]),
                  "peak_rss_mb": r["peak_rss_mb"]}
             extra = ""
-            if name != "peer":
+            if name in dtypes:  # int8 and shortlist runs compute other FLOPs than the count assumes
                 done = flops.search(r["sentences"], r["src_tokens"], b["hyp_tokens"], b["hyp_src_positions"])
                 f.update(gflops=done / b["seconds"] / 1e9, flops_per_hyp_token=done / max(b["hyp_tokens"], 1))
                 extra = f"; {f['gflops']:.1f} GFLOP/s over {b['hyp_tokens']:,} hypothesis tokens"
@@ -319,6 +320,29 @@ def measure_decoding(s: Settings, machine: Machine, data: Data, flops: ModelFlop
                   f"BLEU {score:5.2f}; mean length {f['len']:.1f} words{extra}  {machine.tag(r['dtype'])}")
     print(f"  BLEU signature: {signature}")
     return figures, refs, signature
+
+
+# Our fp32 model decoded other ways (nmt translate --dtype int8, --shortlist), beside fp32 in the same run.
+VARIANTS = {"int8": {"dtype": "int8"}, "fp32+shortlist": {"dtype": "fp32", "shortlist": True},
+            "int8+shortlist": {"dtype": "int8", "shortlist": True}}
+
+
+def decode_variants(s: Settings, data: Data, checkpoint: str, spec: dict) -> dict[str, dict]:
+    """Decoding runs of the fp32 model in int8 and with a lexical shortlist (built from its training data)."""
+    model_dir = Path(checkpoint).parent
+    shortlist = run_worker(OURS, "ours_shortlist", {"config": str(model_dir / "bench.yaml"),
+                                                    "output": str(model_dir / "shortlist.npz")},
+                           s.cache / "runs" / "shortlist", s.threads)
+    log.info("shortlist: %d candidates, %d frequent target subwords", shortlist["candidates"], shortlist["frequent"])
+    runs = {}
+    for name, variant in VARIANTS.items():
+        table = shortlist["shortlist"] if variant.get("shortlist") else None
+        runs[name] = run_worker(OURS, "ours_decode",
+                                {"checkpoint": checkpoint, "dtype": variant["dtype"], "shortlist": table,
+                                 "source": f"{data.test_prefix}.{SRC}", "alpha": s.beam_alpha,
+                                 "batch_tokens": s.decode_batch_tokens, **spec},
+                                s.cache / "runs" / f"decode-{name}", s.threads)
+    return runs
 
 
 def bench(s: Settings) -> dict:

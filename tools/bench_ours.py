@@ -2,7 +2,8 @@
 nmt's public API only (no class or module attribute of nmt is replaced), so that a renamed class or option fails
 here, loudly, and in `tests/test_bench.py`.
 
-    python tools/bench_ours.py KIND SPEC.json OUT.json     # KIND: peak, ours_train_speed, ours_model, ours_decode
+    python tools/bench_ours.py KIND SPEC.json OUT.json
+    # KIND: peak, ours_train_speed, ours_model, ours_decode, ours_shortlist
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def worker_ours_decode(spec: dict) -> dict:
 
     set_threads(spec["threads"])
     base = Translator.load(spec["checkpoint"], device=spec["device"], dtype=spec["dtype"], alpha=spec["alpha"],
-                           length_penalty="gnmt", batch_tokens=spec["batch_tokens"], nbest=1)
+                           length_penalty="gnmt", batch_tokens=spec["batch_tokens"], nbest=1,
+                           shortlist=spec.get("shortlist"))
     sentences = Path(spec["source"]).read_text(encoding="utf-8").split("\n")[:-1]
     src_tokens = sum(with_eos(len(ids)) for ids in base.encode(sentences) if ids)
     results = {}
@@ -108,11 +110,24 @@ def worker_ours_decode(spec: dict) -> dict:
             "beams": results, "peak_rss_mb": peak_rss_mb(), "gpu_peak_mb": gpu_peak_mb(spec["device"])}
 
 
+def worker_ours_shortlist(spec: dict) -> dict:
+    """The lexical shortlist of the decoding model's training data (what `nmt shortlist` writes)."""
+    from nmt.config import load_config
+    from nmt.data.prepare import prepare
+    from nmt.shortlist import build_shortlist
+
+    data = prepare(load_config(spec["config"]))  # the model's folder holds the prepared cache
+    table = build_shortlist(data.train, data.src_model, data.tgt_model)
+    table.save(spec["output"])
+    return {"shortlist": spec["output"], "candidates": len(table.targets), "frequent": len(table.frequent)}
+
+
 WORKERS = {
     "peak": worker_peak,
     "ours_train_speed": worker_ours_train_speed,
     "ours_model": worker_ours_model,
     "ours_decode": worker_ours_decode,
+    "ours_shortlist": worker_ours_shortlist,
 }
 
 if __name__ == "__main__":

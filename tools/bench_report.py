@@ -3,6 +3,7 @@ summary with its JSON object (whose keys earlier results are compared on: keep t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,20 @@ def report_models(s: Settings, machine: Machine, data: Data, models: dict[str, d
     return counts
 
 
+def variant_figures(dec: Callable[[str, int, str], float | None], b: int) -> dict:
+    """int8 and the shortlist against fp32, the same fp32 model, the same run: speed-up and BLEU difference."""
+    figures = {}
+    for name, key in (("int8", "int8"), ("fp32+shortlist", "shortlist"), ("int8+shortlist", "int8_shortlist")):
+        fp32_bleu, bleu_ = dec("fp32", b, "bleu"), dec(name, b, "bleu")
+        figures.update({
+            f"{key}_beam5_sent_s": dec(name, b, "sent_s"), f"{key}_greedy_sent_s": dec(name, 1, "sent_s"),
+            f"{key}_beam5_speedup": ratio(dec(name, b, "sent_s"), dec("fp32", b, "sent_s")),
+            f"{key}_greedy_speedup": ratio(dec(name, 1, "sent_s"), dec("fp32", 1, "sent_s")),
+            f"{key}_bleu_delta": None if bleu_ is None or fp32_bleu is None else bleu_ - fp32_bleu,
+        })
+    return figures
+
+
 def summarize(s: Settings, machine: Machine, peak: Peak, speed: dict, models: dict, decoding: dict, refs: list[str],
               auto: str, bf16_counts: bool, train_flops: float, peer_batch_size: int | None,
               seconds: float) -> dict:
@@ -145,6 +160,7 @@ def summarize(s: Settings, machine: Machine, peak: Peak, speed: dict, models: di
         "beam5_fraction_of_peak": of_peak(dec(headline, b, "gflops")),
         "peak_rss_mb": speed[headline]["peak_rss_mb"],
         "peer_peak_rss_mb": speed["peer"]["peak_rss_mb"] if "peer" in speed else None,
+        **variant_figures(dec, b),
         # the rest
         "cpu_capability": machine.capability, "device": s.device, "gpu": machine.gpu or None, "threads": s.threads,
         "torch": torch.__version__, "auto_dtype": auto, "bf16_counts": bf16_counts,
@@ -186,5 +202,10 @@ def summarize(s: Settings, machine: Machine, peak: Peak, speed: dict, models: di
           f"{summary['train_fraction_of_peak']:.1%} ({train_flops / 1e6:.1f} MFLOP per target token), beam {b} "
           f"{summary['beam5_fraction_of_peak']:.1%} ({summary['beam5_flops_per_hyp_token'] / 1e6:.1f} MFLOP per "
           f"hypothesis token), greedy {summary['greedy_fraction_of_peak']:.1%}  {tag}")
+    if summary["int8_beam5_speedup"] is not None:
+        print(f"  our fp32 model, beam {b}: int8 {summary['int8_beam5_speedup']:.2f}x fp32 (BLEU "
+              f"{summary['int8_bleu_delta']:+.2f}); shortlist {summary['shortlist_beam5_speedup']:.2f}x (BLEU "
+              f"{summary['shortlist_bleu_delta']:+.2f}); both {summary['int8_shortlist_beam5_speedup']:.2f}x (BLEU "
+              f"{summary['int8_shortlist_bleu_delta']:+.2f})  {machine.tag('fp32')}")
     print(f"  took {seconds:.0f} s")
     return summary
