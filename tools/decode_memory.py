@@ -6,8 +6,8 @@
 
 It writes an input of `--lines` lines (test2016's German side repeated when $NMT_DATA_DIR holds Multi30k,
 synthetic sentences otherwise), runs `nmt translate` on it in a subprocess, and samples that process's resident
-memory (VmRSS) together with how many output lines it has written (the CLI flushes after every 10,000-line
-chunk). A translator that held its input, its outputs or per-sentence state would grow with the lines read;
+memory (VmRSS) together with how many output lines it has written (the CLI writes each line once every line
+before it is done, into a temporary file beside the output that it renames at the end). A translator that held its input, its outputs or per-sentence state would grow with the lines read;
 one that streams stays within a small band after its first chunks. It prints the resident memory at each tenth of
 the input, the growth from the first tenth to the end, and as its last line a JSON object with those figures.
 
@@ -76,6 +76,12 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def written_lines(output: Path) -> int:
+    """Lines written so far: `nmt translate` writes to `.NAME.tmpPID` beside the output and renames it at the end."""
+    partial = sorted(output.parent.glob(f".{output.name}.tmp*"))
+    return count_lines(partial[0]) if partial else count_lines(output)
+
+
 def count_lines(path: Path) -> int:
     try:
         with open(path, "rb") as f:
@@ -118,7 +124,7 @@ def main() -> None:
         while proc.poll() is None:
             rss = rss_mb(proc.pid)
             if rss is not None:
-                samples.append((time.perf_counter() - start, count_lines(output), rss))
+                samples.append((time.perf_counter() - start, written_lines(output), rss))
             time.sleep(args.interval)
         elapsed = time.perf_counter() - start
         if proc.returncode != 0:
