@@ -98,13 +98,14 @@ def cmd_average(args: argparse.Namespace) -> int:
 
 def cmd_shortlist(args: argparse.Namespace) -> int:
     from nmt.config import load_config
+    from nmt.data.corpus import split_files
     from nmt.data.prepare import prepare
     from nmt.outputs import check_outputs, check_writable
     from nmt.shortlist import build_shortlist
 
     cfg = load_config(args.config, args.overrides)
     output = args.output or str(Path(cfg.exp_dir) / "shortlist.npz")
-    check_outputs([output], [args.config])
+    check_outputs([output], [args.config, *split_files(cfg.data.train)])
     data = prepare(cfg)  # creates EXP, reuses its cache
     check_writable(output)
     table = build_shortlist(data.train, data.src_model, data.tgt_model, args.per_source, args.frequent)

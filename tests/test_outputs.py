@@ -74,10 +74,19 @@ def _plot_attention(folder: Path) -> Case:
     return Case(["plot-attention", str(alignments), "-o"], alignments)
 
 
+def _shortlist(folder: Path) -> Case:
+    source = _lines(folder / "train.de", 20, seed=1)
+    target = _lines(folder / "train.en", 20, seed=2)
+    config = folder / "config.yaml"
+    config.write_text(json.dumps({"exp_dir": str(folder / "exp"), "data": {
+        "train": {"src": str(source), "tgt": str(target)}, "valid": {"src": str(source), "tgt": str(target)}}}))
+    return Case(["shortlist", str(config), "-o"], source)
+
+
 COMMANDS: dict[str, Callable[[Path], Case]] = {
     "translate -i": _translate_source, "translate -c": _translate_checkpoint,
     "translate --alignments -i": _translate_alignments, "average": _average, "plot": _plot,
-    "plot-attention": _plot_attention,
+    "plot-attention": _plot_attention, "shortlist": _shortlist,
 }
 
 

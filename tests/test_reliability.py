@@ -218,6 +218,15 @@ class Workspace:
         torch.save(payload, self.root / name)
         return self.root / name
 
+    def other_shortlist(self) -> Path:
+        """A well-formed shortlist of other SentencePiece models than the finished run's."""
+        import numpy as np
+
+        from nmt.shortlist import Shortlist
+
+        Shortlist(np.zeros(121, np.int64), np.zeros(0, np.int64), np.array([3]), "x", "y").save(self.root / "other.npz")
+        return self.root / "other.npz"
+
     def truncated(self, name: str) -> Path:
         return self.file(name, (self.run / "final.pt").read_bytes()[:5000])
 
@@ -455,6 +464,16 @@ BAD_INPUT = {
         ["train", ws.config(), "train.lr=-0.001"], ["config key train.lr: must be at least 0, got -0.001"]),
     "train: train.max_tokens=0": lambda ws: (
         ["train", ws.config(), "train.max_tokens=0"], ["config key train.max_tokens: must be at least 1, got 0"]),
+    # ---- shortlists (issue 18): untrusted files too
+    "translate: shortlist missing": lambda ws: (
+        ["translate", "-c", ws.good, "-i", ws.source, "--shortlist", ws.root / "sl.npz"],
+        [f"shortlist not found: {ws.root / 'sl.npz'}"]),
+    "translate: shortlist is junk": lambda ws: (
+        ["translate", "-c", ws.good, "-i", ws.source, "--shortlist", ws.file("sl.npz", JUNK)],
+        [f"{ws.root / 'sl.npz'}: not a shortlist written by nmt shortlist"]),
+    "translate: shortlist of other vocabularies": lambda ws: (
+        ["translate", "-c", ws.good, "-i", ws.source, "--shortlist", ws.other_shortlist()],
+        [f"{ws.root / 'other.npz'}: this shortlist was built for other SentencePiece models"]),
     # ---- untrusted checkpoints (issue 16)
     "translate: checkpoint whose pickle runs code": lambda ws: (
         ["translate", "-c", ws.code_checkpoint("evil.pt"), "-i", ws.source],
