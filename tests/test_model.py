@@ -272,3 +272,19 @@ def test_scheduled_sampling_mixes_gold_and_predicted_tokens():
     mixed = model(src, lengths, tgt_in, 0.5)
     assert not torch.allclose(mixed, model(src, lengths, tgt_in, 1.0))
     assert not torch.allclose(mixed, model(src, lengths, tgt_in, 0.0))
+
+
+def test_without_native_bf16_the_encoder_lstm_runs_in_fp32_even_for_one_sentence(monkeypatch) -> None:
+    """On an AVX2-only CPU oneDNN has no bf16 LSTM for a single sequence: `nmt translate --dtype bf16` of one
+    line crashed. There the LSTM runs in fp32 (forced here, so that the test means the same on every CPU)."""
+    import nmt.model.encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "cpu_has_fast_bf16", lambda: False)
+    model = build_model(ModelConfig(emb_dim=16, enc_hidden=8, dec_hidden=16, attention_dim=8), 30, 30, True).eval()
+    src, lengths = torch.tensor([[5, 6, 7, 3]]), torch.tensor([4])
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        enc = model.encoder(src, lengths)
+    with torch.inference_mode():
+        expected = model.encoder(src, lengths)
+    assert enc.states.dtype == torch.float32
+    torch.testing.assert_close(enc.states, expected.states)

@@ -28,10 +28,14 @@ CPU = torch.device("cpu")
 
 
 @functools.lru_cache(maxsize=1)
+def checkpoint_path() -> Path:
+    return make_checkpoint(Path(tempfile.mkdtemp(prefix="nmt-translator-")) / "model.pt", seed=1)
+
+
+@functools.lru_cache(maxsize=1)
 def trained() -> TrainedModel:
     """One model for the whole module (hypothesis cannot use function-scoped fixtures)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return load_trained_model(make_checkpoint(Path(tmp) / "model.pt", seed=1))
+    return load_trained_model(checkpoint_path())
 
 
 def translator(decode: DecodeConfig = DECODE, batch_tokens: int = 40) -> Translator:
@@ -147,3 +151,17 @@ def test_out_of_range_options_are_user_errors_naming_the_option(loaded: Translat
 def test_a_sentence_that_is_not_a_string_is_named(loaded: Translator) -> None:
     with pytest.raises(NMTError, match="sentence 1 is a int"):
         loaded.translate(["ka", 3])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.qint8], ids=["fp32", "bf16", "int8"])
+def test_every_dtype_translates_a_sentence_alone_as_inside_a_batch(dtype: torch.dtype) -> None:
+    """Batch invariance (the service's exactness rests on it) for every compute dtype, through the Translator."""
+    sentences = synthetic_sentences(8, seed=21)
+    translator = Translator([load_trained_model(checkpoint_path())], DecodeConfig(beam=3, max_len_a=1.0, max_len_b=3,
+                                                                               batch_tokens=40), CPU, dtype)
+    together = translator.translate_lines(sentences)
+    assert len(together) == len(sentences)
+    for sentence, hyps in zip(sentences, together):
+        (alone,) = translator.translate_lines([sentence])
+        assert alone[0].tokens == hyps[0].tokens
+        assert alone[0].score == pytest.approx(hyps[0].score, abs=1e-4)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from nmt.precision import cpu_has_fast_bf16
 
 
 @dataclass
@@ -18,6 +21,16 @@ class EncoderOutput:
     def index_select(self, index: torch.Tensor) -> "EncoderOutput":
         return EncoderOutput(self.states.index_select(0, index), self.mask.index_select(0, index),
                              self.final.index_select(0, index))
+
+
+def _fp32_lstm_without_native_bf16(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on a CPU without native bf16 (AVX2 only): oneDNN has no bf16 LSTM for a single sequence
+    there ("could not create a primitive descriptor"), so the LSTM runs in fp32; bf16 is the slow choice on such a
+    CPU anyway (`nmt.precision`)."""
+    if device.type == "cpu" and torch.is_autocast_enabled("cpu") and \
+            torch.get_autocast_dtype("cpu") == torch.bfloat16 and not cpu_has_fast_bf16():
+        return torch.autocast("cpu", enabled=False)
+    return contextlib.nullcontext()
 
 
 class Encoder(nn.Module):
@@ -35,8 +48,9 @@ class Encoder(nn.Module):
     def forward(self, src: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         """src: (batch, src_len) ids; lengths: (batch,) on the CPU."""
         embedded = self.emb_dropout(self.embedding(src) * self.emb_scale)  # (batch, src_len, emb)
-        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, (h, _) = self.rnn(packed)
+        with _fp32_lstm_without_native_bf16(embedded.device):
+            packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, (h, _) = self.rnn(packed)
         states, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
         # h: (layers * 2, batch, hidden); the last two rows are the top layer's two directions.
         final = torch.cat([h[-2], h[-1]], dim=-1)  # (batch, 2 * hidden)
