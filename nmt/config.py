@@ -185,6 +185,7 @@ class DecodeConfig:
     temperature: float | None = bounded(None, above=0.0)
     topk: int = bounded(0, low=0)
     seed: int = 1  # of the sampling generator
+    ordered_constraints: bool = False  # lexical constraints must appear in their given order
 
 
 @dataclass

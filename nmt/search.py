@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,6 +34,9 @@ from nmt.model.decoder import DecoderState, StepWeights
 from nmt.model.encoder import EncoderOutput
 from nmt.model.seq2seq import Seq2Seq
 from nmt.tokens import BOS, EOS, MAX_LINE_SUBWORDS, PAD
+
+if TYPE_CHECKING:
+    from nmt.constraints import Targets
 
 LENGTH_PENALTIES = ("none", "average", "gnmt")
 
@@ -275,9 +279,15 @@ class Search:
 
     @_searching
     def generate(self, models: list[Seq2Seq], src: torch.Tensor, src_lengths: torch.Tensor,
-                 with_attention: bool = False, generator: torch.Generator | None = None) -> list[list[Hypothesis]]:
-        """`with_attention` keeps each hypothesis's attention matrix; `generator` draws the samples."""
+                 with_attention: bool = False, generator: torch.Generator | None = None,
+                 targets: Targets | None = None) -> list[list[Hypothesis]]:
+        """`with_attention` keeps each hypothesis's attention matrix; `generator` draws the samples; `targets`
+        (constraints, prefixes) send the batch to `nmt.dba`'s constrained beam search."""
         decode = self.decode
+        if targets is not None:
+            from nmt.dba import ConstrainedSearch  # here: nmt.dba builds on this module
+
+            return ConstrainedSearch(decode, self.stats).generate(models, src, src_lengths, targets, with_attention)
         if decode.temperature is not None:
             return self._one_path(models, src, src_lengths, self._sampler(generator), decode.nbest, with_attention)
         if decode.beam == 1:
