@@ -108,7 +108,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         args.checkpoint, args.device, args.dtype, style="cli", beam=args.beam, nbest=args.nbest, alpha=args.alpha,
         max_len_a=args.max_len_a, max_len_b=args.max_len_b, batch_tokens=args.batch_tokens,
         greedy_floor=True if args.greedy_floor else None, temperature=args.temperature, topk=args.topk,
-        seed=args.seed)
+        topp=args.topp, seed=args.seed)
     translate_file(translator, args.input, args.output, args.alignments, args.quiet, args.buffer_lines)
     return 0
 
@@ -214,6 +214,9 @@ def _add_translate_command(sub: Any) -> None:
     p.add_argument("--alignments", default=None, help="write each sentence's attention matrix to this JSONL file")
     p.add_argument("--temperature", type=float, default=None, help="sample instead of searching, at this temperature")
     p.add_argument("--topk", type=int, default=0, help="with --temperature: sample from the k most likely tokens")
+    p.add_argument("--topp", type=float, default=None,
+                   help="with --temperature: sample from the fewest most likely tokens whose probability reaches P "
+                   "(nucleus sampling; default 1: all)")
     p.add_argument("--seed", type=int, default=1, help="random seed for sampling")
     p.add_argument("--greedy-floor", action="store_true",
                    help="also run greedy search and keep its translation where it scores higher than the beam's")

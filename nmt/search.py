@@ -316,8 +316,9 @@ class Search:
 
     def _sampler(self, generator: torch.Generator | None) -> Callable[[torch.Tensor], torch.Tensor]:
         """Draws from the model's distribution sharpened (temperature < 1) or flattened (> 1), optionally limited
-        to the `topk` most likely tokens. Scores stay the model's (untempered) log-probabilities."""
-        temperature, topk = self.decode.temperature, self.decode.topk
+        to the `topk` most likely tokens, then to the nucleus: the fewest most likely tokens whose probability
+        reaches `topp`. Scores stay the model's (untempered) log-probabilities."""
+        temperature, topk, topp = self.decode.temperature, self.decode.topk, self.decode.topp
 
         def choose(log_probs: torch.Tensor) -> torch.Tensor:
             logits = log_probs / temperature  # (rows, vocab)
@@ -325,6 +326,10 @@ class Search:
                 kth = logits.topk(topk, dim=-1).values[:, -1:]  # (rows, 1)
                 logits = logits.masked_fill(logits < kth, -math.inf)
             probs = torch.softmax(logits, dim=-1)
+            if topp < 1.0:
+                sorted_probs, order = probs.sort(dim=-1, descending=True)
+                outside = sorted_probs.cumsum(-1) - sorted_probs >= topp  # the more likely ones already reach topp
+                probs = probs.masked_fill(torch.zeros_like(outside).scatter_(-1, order, outside), 0.0)
             return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
         return choose

@@ -135,6 +135,8 @@ def test_nbest_alone_widens_the_beam_and_an_explicit_beam_must_hold_it(loaded: T
     (dict(max_len_a=-1.0, max_len_b=5), "max_len_a must be at least 0, got -1.0"),
     (dict(max_len_a=0.0, max_len_b=0), "max_len_a 0 and max_len_b 0 allow outputs shorter than one subword"),
     (dict(temperature=0.0), "temperature must be greater than 0, got 0.0"),
+    (dict(temperature=1.0, topp=0.0), "topp must be greater than 0, got 0.0"),
+    (dict(temperature=1.0, topp=1.5), "topp must be at most 1, got 1.5"),
     (dict(beem=4), "unknown decoding option beem; did you mean beam?"),
 ])
 def test_out_of_range_options_are_user_errors_naming_the_option(loaded: Translator, options: dict,
