@@ -99,9 +99,10 @@ def test_a_phrase_has_the_pieces_it_has_as_words_inside_a_sentence(spm: Subword)
 
 
 def test_a_phrase_counts_only_as_whole_words_where_sentencepiece_cuts_it_otherwise(spm: Subword) -> None:
-    """The cases where a phrase's pieces inside a sentence are not its own: glued after a character, `ömika` is
-    `▁ö m i k a`, not `ö` + `▁mi k a`; and in `mikaso` the pieces `▁mi k a` are followed by `s o`, which continue
-    the word. Neither spells the word `mika`, and the tracker counts neither (the search then writes the word)."""
+    """The cases where a phrase's pieces inside a sentence are not its own: glued after a character, `ömika`
+    is `▁ö m i k a`, not `ö` + `▁mi k a`; and in `mikaso` the pieces `▁mi k a` are followed by `s o`, which
+    continue the word. Neither spells the word `mika`, and the tracker counts neither (the search then writes
+    the word)."""
     phrase = encode_phrase(spm, "mika", "test")
     assert spm.encode_pieces("mika") == ["▁mi", "k", "a"] and phrase.word_end
     continues = {i for i, c in enumerate(word_continuations(spm).tolist()) if c}
