@@ -147,7 +147,7 @@ def failure_links(ids: Sequence[int]) -> list[int]:
 
 @dataclass
 class PhraseTable:
-    """Every sentence's constraints as padded tensors, one row per sentence (or per hypothesis, after `rows`).
+    """Every sentence's constraints as padded tensors, one row per sentence.
 
     ids (n, C, L) subwords, -1 beyond a phrase; lengths (n, C), 0 for a missing phrase; fail (n, C, L + 1) the
     phrases' failure links; word_end (n, C); total (n,) the subwords of all phrases; prefix (n, P) the forced
@@ -183,9 +183,37 @@ class PhraseTable:
         return table.select(torch.arange(n), device)
 
     def select(self, rows: torch.Tensor, device: torch.device | None = None) -> PhraseTable:
-        """The table of sentences (or hypotheses) `rows`, on `device` (default: where it is)."""
+        """The table of sentences `rows`, on `device` (default: where it is)."""
         return PhraseTable(*(getattr(self, f.name).to(device or self.ids.device)[rows.to(device or self.ids.device)]
                              for f in dataclasses.fields(self)))
+
+
+@dataclass
+class RowPhrases:
+    """The phrases of n rows (hypotheses, candidates), each row's looked up in its sentence's row of a
+    `PhraseTable` rather than copied: a step has sentences x beam x (constraints + 4) candidates, and copying
+    their (C, L) subwords and failure links each would multiply the state by L."""
+
+    table: PhraseTable
+    sentence: torch.Tensor  # (n,) the table row of each row
+    lengths: torch.Tensor  # (n, C)
+    word_end: torch.Tensor  # (n, C)
+
+    @classmethod
+    def of(cls, table: PhraseTable, sentence: torch.Tensor) -> RowPhrases:
+        return cls(table, sentence, table.lengths[sentence], table.word_end[sentence])
+
+    def _at(self, values: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        phrase = torch.arange(q.size(1), device=q.device).unsqueeze(0)
+        return values[self.sentence.unsqueeze(1), phrase, q]
+
+    def subword(self, q: torch.Tensor) -> torch.Tensor:
+        """(n, C) matched lengths -> (n, C) each phrase's subword after them (-1 past its end)."""
+        return self._at(self.table.ids, q.clamp(max=self.table.ids.size(2) - 1))
+
+    def fallback(self, q: torch.Tensor) -> torch.Tensor:
+        """(n, C) matched lengths -> (n, C) their failure links."""
+        return self._at(self.table.fail, q)
 
 
 def initial_met(table: PhraseTable) -> torch.Tensor:
@@ -193,45 +221,41 @@ def initial_met(table: PhraseTable) -> torch.Tensor:
     return table.lengths == 0
 
 
-def bank(met: torch.Tensor, progress: torch.Tensor, table: PhraseTable) -> torch.Tensor:
+def bank(met: torch.Tensor, progress: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """(n,) constraint subwords produced: those of met phrases and the longest match in progress."""
-    done = (table.lengths * met).sum(1)
-    return done + (progress * ~met).max(1).values
+    return (lengths * met).sum(1) + (progress * ~met).max(1).values
 
 
-def advance(met: torch.Tensor, progress: torch.Tensor, token: torch.Tensor, table: PhraseTable,
+def advance(met: torch.Tensor, progress: torch.Tensor, token: torch.Tensor, rows: RowPhrases,
             continues_word: torch.Tensor | None, ordered: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The tracker's state after each row's next token: met (n, C) bool, progress (n, C) the matched length of
-    each unmet phrase (its length while a whole-word phrase waits for its word to end); token (n,); `table` has
-    one row per row of the state."""
-    pending = ~met & table.word_end & (progress == table.lengths)
+    each unmet phrase (its length while a whole-word phrase waits for its word to end); token (n,)."""
+    pending = ~met & rows.word_end & (progress == rows.lengths)
     if continues_word is not None and bool(pending.any()):
         confirm = pending & ~continues_word[token].unsqueeze(1)
-        met, progress = _complete(met, progress, confirm, table.lengths)
-        still = pending & (progress == table.lengths)  # the word goes on: fall back as after a mismatch
-        progress = torch.where(still, table.fail.gather(2, progress.unsqueeze(2)).squeeze(2), progress)
-    progress = _matched(progress, token, ~met, table)
+        met, progress = _complete(met, progress, confirm, rows.lengths)
+        still = pending & (progress == rows.lengths)  # the word goes on: fall back as after a mismatch
+        progress = torch.where(still, rows.fallback(progress), progress)
+    progress = _matched(progress, token, ~met & (rows.lengths > 0), rows)
     if ordered:
         unmet = ~met
         progress = progress * (unmet & (unmet.long().cumsum(1) == 1))
-    complete = ~met & ~table.word_end & (progress == table.lengths) & (table.lengths > 0)
-    return _complete(met, progress, complete, table.lengths)
+    complete = ~met & ~rows.word_end & (progress == rows.lengths) & (rows.lengths > 0)
+    return _complete(met, progress, complete, rows.lengths)
 
 
-def _matched(progress: torch.Tensor, token: torch.Tensor, active: torch.Tensor, table: PhraseTable) -> torch.Tensor:
-    """Knuth-Morris-Pratt step: for each active phrase, the longest prefix of it that the output ends with
-    after `token`, given that it ended with `progress` (< length) subwords of it. (n, C) -> (n, C)."""
-    length = table.ids.size(2)
+def _matched(progress: torch.Tensor, token: torch.Tensor, todo: torch.Tensor, rows: RowPhrases) -> torch.Tensor:
+    """Knuth-Morris-Pratt step: for each phrase to do, the longest prefix of it that the output ends with after
+    `token`, given that it ended with `progress` (< length) subwords of it. (n, C) -> (n, C)."""
     q, new = progress, torch.zeros_like(progress)
-    todo = active & (table.lengths > 0)
     token = token.unsqueeze(1)
-    for _ in range(length + 1):  # each failure link shortens the match
-        hit = todo & (table.ids.gather(2, q.clamp(max=length - 1).unsqueeze(2)).squeeze(2) == token)
+    for _ in range(rows.table.ids.size(2) + 1):  # each failure link shortens the match
+        hit = todo & (rows.subword(q) == token)
         new = torch.where(hit, q + 1, new)
         todo = todo & ~hit & (q > 0)
         if not bool(todo.any()):
             break
-        q = torch.where(todo, table.fail.gather(2, q.unsqueeze(2)).squeeze(2), q)
+        q = torch.where(todo, rows.fallback(q), q)
     return new
 
 

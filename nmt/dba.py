@@ -35,11 +35,16 @@ from dataclasses import dataclass
 import torch
 
 from nmt.config import DecodeConfig
-from nmt.constraints import PhraseTable, Targets, advance, bank, initial_met
+from nmt.constraints import PhraseTable, RowPhrases, Targets, advance, bank, initial_met
 from nmt.errors import NMTError
 from nmt.model.seq2seq import Seq2Seq
 from nmt.search import Ensemble, Hypothesis, SearchStats, _Finisher, _restrict, max_lengths
 from nmt.tokens import BOS, EOS, PAD
+
+# A step's tracker holds sentences x beam x (constraints + 4) candidates x constraints states: a batch that would
+# hold more is searched in parts (a sentence decodes the same in any batch), so that 64 constraints at beam 256
+# cannot take the memory that batch_tokens allows for plain beam search.
+MAX_TRACKER_STATES = 1 << 22
 
 
 @dataclass
@@ -65,6 +70,12 @@ class ConstrainedSearch:
         hypotheses per sentence, best first. Call it in inference mode (`Search.generate` does)."""
         if len(targets.sentences) != src.size(0):
             raise ValueError(f"{len(targets.sentences)} targets for {src.size(0)} sentences")
+        phrases = max([1] + [len(t.constraints) for t in targets.sentences if t is not None])
+        part = max(1, MAX_TRACKER_STATES // (self.decode.beam * (phrases + 4) * phrases))
+        if src.size(0) > part:
+            return [hyps for start in range(0, src.size(0), part) for hyps in self.generate(
+                models, src[start : start + part], src_lengths[start : start + part],
+                Targets(targets.sentences[start : start + part], targets.continues_word), with_attention)]
         hyps = self._search(models, src, src_lengths, targets, with_attention, self.decode.beam)
         if self.decode.greedy_floor and self.decode.beam > 1:  # the greedy floor is constrained greedy search
             greedy = self._search(models, src, src_lengths, targets, with_attention, 1)
@@ -201,16 +212,15 @@ def _candidates(beams: _Beams, log_probs: torch.Tensor, k: int, continues: torch
     top_index = total.view(live, k * vocab).topk(2 * k, dim=1).indices
     parents = [top_index // vocab + row[:, :1], row]
     tokens = [top_index % vocab, total.argmax(1).view(live, k)]
-    table = beams.table.select(torch.arange(live, device=row.device).repeat_interleave(k))  # a row per hypothesis
+    hyps = RowPhrases.of(beams.table, torch.arange(live, device=row.device).repeat_interleave(k))
     unmet = ~beams.met
-    can = unmet & (beams.progress < table.lengths)  # (n, C) phrases that a next subword advances
+    can = unmet & (beams.progress < hyps.lengths)  # (n, C) phrases that a next subword advances
     if ordered:
         can &= unmet.long().cumsum(1) == 1
-    following = table.ids.gather(2, beams.progress.clamp(max=table.ids.size(2) - 1).unsqueeze(2)).squeeze(2)
     phrases = can.size(1)
     parents.append(row.repeat_interleave(phrases, dim=1))
-    tokens.append(following.masked_fill(~can, PAD).view(live, k * phrases))  # PAD scores -inf: no candidate
-    waiting = (unmet & table.word_end & (beams.progress == table.lengths)).any(1)  # (n,)
+    tokens.append(hyps.subword(beams.progress).masked_fill(~can, PAD).view(live, k * phrases))  # PAD: -inf
+    waiting = (unmet & hyps.word_end & (beams.progress == hyps.lengths)).any(1)  # (n,)
     if continues is not None and bool(waiting.any()):
         rows = waiting.nonzero().squeeze(1)
         ends = torch.full((n,), PAD, dtype=torch.long, device=row.device)
@@ -220,12 +230,11 @@ def _candidates(beams: _Beams, log_probs: torch.Tensor, k: int, continues: torch
     parents_t, tokens_t = torch.cat(parents, dim=1), torch.cat(tokens, dim=1)  # (live, M)
     scores = _without_duplicates(total.view(-1)[parents_t * vocab + tokens_t], parents_t * vocab + tokens_t)
     width = tokens_t.size(1)
-    sentence_of = torch.arange(live, device=row.device).repeat_interleave(width)
     flat_parents = parents_t.view(-1)
-    cand_table = beams.table.select(sentence_of)
-    met, progress = advance(beams.met[flat_parents], beams.progress[flat_parents], tokens_t.view(-1), cand_table,
+    cands = RowPhrases.of(beams.table, torch.arange(live, device=row.device).repeat_interleave(width))
+    met, progress = advance(beams.met[flat_parents], beams.progress[flat_parents], tokens_t.view(-1), cands,
                             continues, ordered)
-    return _Candidates(parents_t, tokens_t, scores, bank(met, progress, cand_table).view(live, width),
+    return _Candidates(parents_t, tokens_t, scores, bank(met, progress, cands.lengths).view(live, width),
                        met.all(1).view(live, width), met, progress)
 
 

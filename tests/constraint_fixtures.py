@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from hypothesis import strategies as st
 
-from nmt.constraints import Phrase, PhraseTable, Target, Targets, advance, initial_met
+from nmt.constraints import Phrase, PhraseTable, RowPhrases, Target, Targets, advance, initial_met
 
 
 def satisfies(tokens: Sequence[int], phrases: Sequence[Phrase], ordered: bool = False,
@@ -42,8 +42,9 @@ def track(tokens: Sequence[int], phrases: Sequence[Phrase], ordered: bool = Fals
     mask = None if continues is None else torch.tensor([i in continues for i in range(vocab)])
     table = PhraseTable.build(Targets([Target(tuple(phrases))], mask), torch.device("cpu"))
     met, progress = initial_met(table), torch.zeros(table.lengths.shape, dtype=torch.long)
+    rows = RowPhrases.of(table, torch.zeros(1, dtype=torch.long))
     for token in [*tokens, 3]:
-        met, progress = advance(met, progress, torch.tensor([token]), table, mask, ordered)
+        met, progress = advance(met, progress, torch.tensor([token]), rows, mask, ordered)
     return met[0, : len(phrases)].tolist()
 
 

@@ -218,3 +218,24 @@ def test_eos_waits_for_the_constraints() -> None:
     constrained = search(model, src, lengths, [Target((Phrase((9, 10)),))] * 3, beam=2)
     assert all(h[0].tokens[-2:] == [9, 10] or 9 in h[0].tokens for h in constrained)
     assert all(h[0].unmet == () and not math.isinf(h[0].score) for h in constrained)
+
+
+def test_a_batch_too_large_for_the_tracker_is_searched_in_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nmt.dba
+
+    model = MODELS[0]
+    src, lengths = random_sources(VOCAB, 7, seed=10)
+    targets = [Target((Phrase((4, 5)), Phrase((6,))))] * 3 + [None, Target(prefix=(7,))] + [None] * 2
+    whole = search(model, src, lengths, targets, beam=3, nbest=3)
+    calls: list[int] = []
+    original = nmt.dba.ConstrainedSearch._search
+
+    def counted(self, models, part_src, *args):
+        calls.append(part_src.size(0))
+        return original(self, models, part_src, *args)
+
+    monkeypatch.setattr(nmt.dba.ConstrainedSearch, "_search", counted)
+    monkeypatch.setattr(nmt.dba, "MAX_TRACKER_STATES", 3 * 6 * 2 * 2)  # two sentences of 2 phrases at beam 3
+    parts = search(model, src, lengths, targets, beam=3, nbest=3)
+    assert calls == [2, 2, 2, 1]
+    assert [[h.tokens for h in s] for s in parts] == [[h.tokens for h in s] for s in whole]
