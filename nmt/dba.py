@@ -273,8 +273,11 @@ class _MetFinisher(_Finisher):
 
     def add_met(self, ens: Ensemble, rows: torch.Tensor, sentences: torch.Tensor, log_probs: torch.Tensor,
                 tokens: torch.Tensor, history: torch.Tensor | None, met: torch.Tensor, lengths: torch.Tensor) -> None:
-        """As `add_rows`, with met (n, C) and the phrases' lengths (n, C)."""
-        self.add_rows(ens, rows, sentences, log_probs, tokens, history)
+        """Finish the hypotheses of rows `rows` of `ens` (an encoder per row), their tokens `tokens[rows]` and
+        attention `history[rows]`; sentences, log_probs (n,), met and the phrases' lengths (n, C)."""
+        coverage = ens.coverage()
+        self.add(sentences, log_probs, tokens[rows], None if coverage is None else coverage[rows], ens.src_mask[rows],
+                 None if history is None else history[rows])
         for sent, m, subwords in zip(sentences.tolist(), met.tolist(), (met * lengths).sum(1).tolist()):
             self.met[sent].append((tuple(m), subwords))
 

@@ -24,7 +24,6 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -34,9 +33,7 @@ from nmt.model.decoder import DecoderState, StepWeights
 from nmt.model.encoder import EncoderOutput
 from nmt.model.seq2seq import Seq2Seq
 from nmt.tokens import BOS, EOS, MAX_LINE_SUBWORDS, PAD
-
-if TYPE_CHECKING:
-    from nmt.constraints import Targets
+from nmt.constraints import Targets  # after the others: the search's own imports stay as they were
 
 LENGTH_PENALTIES = ("none", "average", "gnmt")
 
