@@ -279,3 +279,14 @@ def test_an_impossible_constraint_is_a_warning_per_line_and_the_line_is_translat
     assert sorted(r.getMessage() for r in caplog.records if "lacks" in r.getMessage()) == [
         "line 1: the translation lacks the constraints 'kata nuvepe sosomi zuveka' (no room within the maximum "
         "output length)", "line 3: the translation lacks the constraints 'lo' (the line is empty)"]
+
+
+def test_ordered_constraints_come_out_in_their_order(checkpoint: Path, tmp_path: Path) -> None:
+    sources = synthetic_sentences(6, seed=8)
+    source = tmp_path / "in.de"
+    source.write_text("".join(f"{s}\tzuveka\tka\n" for s in sources), encoding="utf-8")
+    ordered = run_translate(checkpoint, source, tmp_path / "ordered.en", "--constraints", "--ordered-constraints")
+    for output in ordered:
+        assert re.search(r"(?<!\w)zuveka(?!\w).*(?<!\w)ka(?!\w)", output), output
+    free = run_translate(checkpoint, source, tmp_path / "free.en", "--constraints")
+    assert any(re.search(r"(?<!\w)ka(?!\w).*zuveka", output) for output in free)  # the flag made a difference
