@@ -207,15 +207,13 @@ def _has_word(phrase: str, text: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
 
 
-def test_constraints_after_the_source_are_in_the_translation_line_for_line(checkpoint: Path, tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_constraints_after_the_source_are_in_the_translation_line_for_line(checkpoint: Path, tmp_path: Path) -> None:
     """fairseq-interactive's format: SOURCE<TAB>PHRASE<TAB>...; line N still translates line N, in chunks too."""
     sources = synthetic_sentences(9, seed=6)
     asked = [["kalo"], [], ["mi zu", "ve"], [], ["nuvepe"], ["ka"], [], ["so"], ["lo", "pe"]]
     source = tmp_path / "in.de"
     source.write_text("".join("\t".join([s, *c]) + "\n" for s, c in zip(sources, asked)), encoding="utf-8")
-    monkeypatch.setattr(nmt.translate, "CHUNK_LINES", 4)
-    outputs = run_translate(checkpoint, source, tmp_path / "out.en", "--constraints")
+    outputs = run_translate(checkpoint, source, tmp_path / "out.en", "--constraints", "--buffer-lines", "4")
     trained = load_trained_model(checkpoint)
     alone = Translator([trained], trained.config.decode, CPU, torch.float32)
     assert outputs == [alone.translate(s, constraints=c) for s, c in zip(sources, asked)]
@@ -229,7 +227,8 @@ def test_a_prefix_file_starts_each_translation_and_works_with_nbest(checkpoint: 
     prefixes = ["ka lo" if i % 2 else "" for i in range(len(lines))]
     prefix_file = tmp_path / "prefix.en"
     prefix_file.write_text("\n".join(prefixes) + "\n", encoding="utf-8")
-    out = run_translate(checkpoint, input_file, tmp_path / "out.en", "--prefix", str(prefix_file), "--nbest", "2")
+    out = run_translate(checkpoint, input_file, tmp_path / "out.en", "--prefix", str(prefix_file), "--nbest", "2",
+                        "--buffer-lines", "3")  # the prefix file is read along, chunk by chunk
     parsed = [line.split(" ||| ") for line in out]
     for index, text, _ in parsed:
         if prefixes[int(index)] and lines[int(index)]:
