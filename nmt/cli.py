@@ -118,7 +118,8 @@ def cmd_shortlist(args: argparse.Namespace) -> int:
 def cmd_translate(args: argparse.Namespace) -> int:
     import torch
 
-    from nmt.translate import translate_file
+    from nmt.glossary import Glossary
+    from nmt.translate import Steering, translate_file
     from nmt.translator import Translator
 
     if args.threads:
@@ -127,8 +128,11 @@ def cmd_translate(args: argparse.Namespace) -> int:
         args.checkpoint, args.device, args.dtype, style="cli", beam=args.beam, nbest=args.nbest, alpha=args.alpha,
         max_len_a=args.max_len_a, max_len_b=args.max_len_b, batch_tokens=args.batch_tokens,
         greedy_floor=True if args.greedy_floor else None, temperature=args.temperature, topk=args.topk,
-        seed=args.seed, shortlist=args.shortlist)
-    translate_file(translator, args.input, args.output, args.alignments, args.quiet, args.buffer_lines)
+        topp=args.topp, seed=args.seed, ordered_constraints=True if args.ordered_constraints else None,
+        shortlist=args.shortlist)
+    glossary = Glossary.load(args.glossary, args.glossary_ignore_case) if args.glossary is not None else None
+    translate_file(translator, args.input, args.output, args.alignments, args.quiet, args.buffer_lines,
+                   Steering(args.constraints, args.prefix, glossary))
     return 0
 
 
@@ -246,9 +250,22 @@ def _add_translate_command(sub: Any) -> None:
     p.add_argument("--alignments", default=None, help="write each sentence's attention matrix to this JSONL file")
     p.add_argument("--temperature", type=float, default=None, help="sample instead of searching, at this temperature")
     p.add_argument("--topk", type=int, default=0, help="with --temperature: sample from the k most likely tokens")
+    p.add_argument("--topp", type=float, default=None,
+                   help="with --temperature: sample from the fewest most likely tokens whose probability reaches P "
+                   "(nucleus sampling; default 1: all)")
     p.add_argument("--seed", type=int, default=1, help="random seed for sampling")
     p.add_argument("--greedy-floor", action="store_true",
                    help="also run greedy search and keep its translation where it scores higher than the beam's")
+    p.add_argument("--constraints", action="store_true",
+                   help="each input line is SOURCE<TAB>PHRASE<TAB>...: target phrases its translation must contain "
+                   "(lexical constraints, fairseq-interactive's format)")
+    p.add_argument("--ordered-constraints", action="store_true", help="constraints must appear in their given order")
+    p.add_argument("--prefix", default=None, metavar="FILE",
+                   help="line N of FILE is the text line N's translation starts with (empty: none)")
+    p.add_argument("--glossary", default=None, metavar="FILE",
+                   help="SOURCE<TAB>TARGET terms: a line containing a source term as whole words must translate it "
+                   "with its target term")
+    p.add_argument("--glossary-ignore-case", action="store_true", help="match the glossary's source terms in any case")
     p.add_argument("--threads", type=_count(0), default=0, help="CPU threads (default: torch's choice)")
     p.add_argument("--shortlist", default=None, help="score only each sentence's lexical shortlist, a file made "
                    "by `nmt shortlist` (off by default: see docs/BENCHMARKS.md for its speed and BLEU)")

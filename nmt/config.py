@@ -181,10 +181,13 @@ class DecodeConfig:
     nbest: int = bounded(1, low=1, high=MAX_BEAM)
     greedy_floor: bool = False  # also run greedy and keep its sentence where it beats the beam (~1/beam more work)
     # Sampling instead of search when `temperature` is set: `nbest` samples per sentence from the distribution
-    # sharpened (< 1) or flattened (> 1), from the `topk` most likely tokens only when topk > 0.
+    # sharpened (< 1) or flattened (> 1), from the `topk` most likely tokens only when topk > 0, and from the
+    # nucleus of mass `topp` only when topp < 1 (Holtzman et al., 2020).
     temperature: float | None = bounded(None, above=0.0)
     topk: int = bounded(0, low=0)
+    topp: float = bounded(1.0, above=0.0, high=1.0)  # nucleus: the fewest most likely tokens holding this mass
     seed: int = 1  # of the sampling generator
+    ordered_constraints: bool = False  # lexical constraints must appear in their given order
 
 
 @dataclass

@@ -33,6 +33,7 @@ from nmt.errors import NMTError
 from nmt.model.seq2seq import Seq2Seq
 from nmt.shortlist import Shortlist
 from nmt.tokens import BOS, EOS, MAX_LINE_SUBWORDS, PAD
+from nmt.constraints import Targets  # after the others: the search's own imports stay as they were
 
 LENGTH_PENALTIES = ("none", "average", "gnmt")
 
@@ -239,9 +240,15 @@ class Search:
 
     @_searching
     def generate(self, models: list[Seq2Seq], src: torch.Tensor, src_lengths: torch.Tensor,
-                 with_attention: bool = False, generator: torch.Generator | None = None) -> list[list[Hypothesis]]:
-        """`with_attention` keeps each hypothesis's attention matrix; `generator` draws the samples."""
+                 with_attention: bool = False, generator: torch.Generator | None = None,
+                 targets: Targets | None = None) -> list[list[Hypothesis]]:
+        """`with_attention` keeps each hypothesis's attention matrix; `generator` draws the samples; `targets`
+        (constraints, prefixes) send the batch to `nmt.dba`'s constrained beam search."""
         decode = self.decode
+        if targets is not None:
+            from nmt.dba import ConstrainedSearch  # here: nmt.dba builds on this module
+
+            return ConstrainedSearch(decode, self.stats).generate(models, src, src_lengths, targets, with_attention)
         if decode.temperature is not None:
             return self._one_path(models, src, src_lengths, self._sampler(generator), decode.nbest, with_attention)
         if decode.beam == 1:
@@ -270,8 +277,9 @@ class Search:
 
     def _sampler(self, generator: torch.Generator | None) -> Callable[[torch.Tensor], torch.Tensor]:
         """Draws from the model's distribution sharpened (temperature < 1) or flattened (> 1), optionally limited
-        to the `topk` most likely tokens. Scores stay the model's (untempered) log-probabilities."""
-        temperature, topk = self.decode.temperature, self.decode.topk
+        to the `topk` most likely tokens, then to the nucleus: the fewest most likely tokens whose probability
+        reaches `topp`. Scores stay the model's (untempered) log-probabilities."""
+        temperature, topk, topp = self.decode.temperature, self.decode.topk, self.decode.topp
 
         def choose(log_probs: torch.Tensor) -> torch.Tensor:
             logits = log_probs / temperature  # (rows, vocab)
@@ -279,6 +287,10 @@ class Search:
                 kth = logits.topk(topk, dim=-1).values[:, -1:]  # (rows, 1)
                 logits = logits.masked_fill(logits < kth, -math.inf)
             probs = torch.softmax(logits, dim=-1)
+            if topp < 1.0:
+                sorted_probs, order = probs.sort(dim=-1, descending=True)
+                outside = sorted_probs.cumsum(-1) - sorted_probs >= topp  # the more likely ones already reach topp
+                probs = probs.masked_fill(torch.zeros_like(outside).scatter_(-1, order, outside), 0.0)
             return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
         return choose

@@ -6,9 +6,14 @@ also ends where a pipe pauses, so that lines typed one at a time are translated 
 the `Translator` sorts sentences by length; the lines are written back in order as soon as every line before
 them is done.
 
-Outputs follow `nmt.outputs`: no output may be an input (the source, stdin, a checkpoint) or another output;
-a file is written beside its path and renamed over it only when every line is done, so a failed or interrupted
-run leaves the old file as it was. Standard output gets each line as soon as it can be written in order.
+Each line's translation may be steered (`nmt.dba`): with `constraints`, the tab-separated fields after the source
+are target phrases it must contain (fairseq-interactive's format); line N of a prefix file is the text line N's
+translation starts with (an empty line: none), and a glossary's terms found in a line become its constraints too.
+
+Outputs follow `nmt.outputs`: no output may be an input (the source, stdin, a checkpoint, a prefix file, a
+glossary) or another output; a file is written beside its path and renamed over it only when every line is
+done, so a failed or interrupted run leaves the old file as it was. Standard output gets each line as soon as it
+can be written in order.
 """
 
 from __future__ import annotations
@@ -23,18 +28,22 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from nmt.data.corpus import count_lines, is_regular_file, read_line_chunks
+from nmt.constraints import Target
+from nmt.data.corpus import count_lines, is_regular_file, read_bounded_lines, read_line_chunks
 from nmt.data.subword import Subword
 from nmt.errors import NMTError
+from nmt.glossary import Glossary, with_glossary
 from nmt.outputs import (atomic_output, check_outputs, check_writable, standard_input, standard_output,
                          stdout_error)
 from nmt.precision import describe_device, dtype_name
-from nmt.translator import Translation, Translator, warn_if_cut
+from nmt.translator import Translation, Translator, warn_if_cut, warn_if_unmet
 
 log = logging.getLogger(__name__)
 
 # Lines read and translated at a time (fewer where a pipe pauses): large enough to sort into full batches.
 CHUNK_LINES = 10_000
+# A prefix is at most MAX_LINE_SUBWORDS subwords: a longer line of the prefix file is refused unread.
+MAX_PREFIX_BYTES = 1 << 16
 
 
 @dataclass
@@ -55,6 +64,74 @@ def alignment_record(index: int, t: Translation, src_spm: Subword, tgt_spm: Subw
             "target": tgt_spm.id_to_piece(t.tokens) + ["</s>"], "attention": attention}
 
 
+@dataclass
+class Steering:
+    """What steers each line's translation in `nmt translate` (`--constraints`, `--prefix`, `--glossary`)."""
+
+    constraints: bool = False  # the tab-separated fields after each line's source are its constraints
+    prefix: str | None = None  # a file whose line N is the text line N's translation starts with
+    glossary: Glossary | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.constraints or self.prefix is not None or self.glossary is not None
+
+    def files(self) -> list[str]:
+        """The files it reads: inputs that no output may be."""
+        return [p for p in (self.prefix, self.glossary.name if self.glossary else None) if p is not None]
+
+
+class _SteeredLines:
+    """Splits each chunk of input lines into sources and targets (`Translator.encode_targets`), reading the prefix
+    file line for line with the input."""
+
+    def __init__(self, translator: Translator, steering: Steering, input_path: str | None):
+        self.translator, self.steering = translator, steering
+        self.name = input_path if input_path is not None else "<stdin>"
+        if steering.active and translator.decode.temperature is not None:
+            raise NMTError("--constraints, --prefix and --glossary need beam search: they cannot be used with "
+                           "--temperature")
+        if steering.glossary is not None:
+            translator.check_glossary(steering.glossary)
+        self.prefixes = None
+        if steering.prefix is not None:
+            if is_regular_file(input_path) and is_regular_file(steering.prefix):
+                _check_aligned(input_path, steering.prefix)
+            self.prefixes = read_bounded_lines(steering.prefix, MAX_PREFIX_BYTES)
+
+    def split(self, chunk: list[str], first: int) -> tuple[list[str], list[Target | None] | None]:
+        """chunk: lines `first`, `first + 1`, ... of the input -> their sources and targets."""
+        if not self.steering.active:
+            return chunk, None
+        sources, constraints = chunk, None
+        if self.steering.constraints:
+            fields = [line.split("\t") for line in chunk]
+            sources, constraints = [f[0] for f in fields], [f[1:] for f in fields]
+        prefixes = None if self.prefixes is None else [self._prefix(first + i) for i in range(len(chunk))]
+        return sources, self.translator.encode_targets(
+            len(chunk), with_glossary(sources, constraints, self.steering.glossary), prefixes, first, self.name,
+            self.steering.prefix)
+
+    def _prefix(self, line: int) -> str:
+        prefix = next(self.prefixes, None)
+        if prefix is None:
+            raise NMTError(f"misaligned: {self.steering.prefix} has fewer lines than {self.name} (none for line "
+                           f"{line})")
+        return prefix
+
+    def finish(self, lines: int) -> None:
+        """After the input's last line: the prefix file must end there too."""
+        if self.prefixes is not None and next(self.prefixes, None) is not None:
+            raise NMTError(f"misaligned: {self.steering.prefix} has more lines than {self.name} ({lines})")
+
+
+def _check_aligned(input_path: str, prefix_path: str) -> None:
+    lines, prefixes = count_lines(input_path), count_lines(prefix_path)
+    if lines != prefixes:
+        raise NMTError(f"misaligned: {prefix_path} has {prefixes} lines but {input_path} has {lines}; --prefix needs "
+                       "one line (empty for none) per input line")
+
+
 class _OrderedWriter:
     """Writes each line's translation once every earlier line's is written: batches finish in length order."""
 
@@ -66,6 +143,7 @@ class _OrderedWriter:
     def add(self, first: int, positions: list[int], translations: list[list[Translation]]) -> None:
         for position, hyps in zip(positions, translations):
             warn_if_cut(hyps, first + position + 1)
+            warn_if_unmet(hyps, first + position + 1)
             self.waiting[first + position] = hyps
         while self.written in self.waiting:
             self._write(self.written, self.waiting.pop(self.written))
@@ -86,21 +164,25 @@ class _OrderedWriter:
 
 def translate_file(translator: Translator, input_path: str | None, output_path: str | None,
                    alignments_path: str | None = None, quiet: bool = False,
-                   buffer_lines: int = CHUNK_LINES) -> TranslateStats:
+                   buffer_lines: int = CHUNK_LINES, steering: Steering | None = None) -> TranslateStats:
     """Translate a file (stdin when `input_path` is None) line by line into `output_path` (stdout when None).
 
     With nbest > 1 each input line gives `nbest` lines `index ||| translation ||| score` (0-based index);
-    `alignments_path` gets one JSON record per line (`alignment_record`).
+    `alignments_path` gets one JSON record per line (`alignment_record`); `steering` adds constraints, prefixes
+    and a glossary.
     """
     if buffer_lines < 1:
         raise NMTError(f"--buffer-lines must be at least 1, got {buffer_lines}")
     if alignments_path is not None and not translator.has_attention:
         raise NMTError("--alignments needs a model with attention; this checkpoint has attention: none")
-    inputs = [input_path if input_path is not None else standard_input(), *(m.path for m in translator.members)]
+    steering = steering or Steering()
+    inputs = [input_path if input_path is not None else standard_input(), *(m.path for m in translator.members),
+              *steering.files()]
     check_outputs([output_path if output_path is not None else standard_output(), alignments_path], inputs)
     for path in (output_path, alignments_path):
         if path is not None:
             check_writable(path)
+    lines = _SteeredLines(translator, steering, input_path)
     total = count_lines(input_path) if is_regular_file(input_path) else None
     stats = TranslateStats()
     start = time.perf_counter()
@@ -113,12 +195,14 @@ def translate_file(translator: Translator, input_path: str | None, output_path: 
                                            file=sys.stderr, leave=False))
             writer = _OrderedWriter(translator, out, align, stats)
             for chunk in read_line_chunks(input_path, buffer_lines):
-                encoded = translator.encode(chunk, first_line=stats.sentences + 1)
-                for positions, translations in translator.iter_translations(encoded, align is not None):
+                sources, targets = lines.split(chunk, stats.sentences + 1)
+                encoded = translator.encode(sources, first_line=stats.sentences + 1)
+                for positions, translations in translator.iter_translations(encoded, align is not None, targets):
                     writer.add(stats.sentences, positions, translations)
                     bar.update(len(positions))
                 stats.sentences += len(chunk)
                 out.flush()
+            lines.finish(stats.sentences)
     except KeyboardInterrupt:
         done = writer.written if writer is not None else 0
         where = f"{output_path} is left as it was" if output_path is not None else \

@@ -27,9 +27,11 @@ import torch
 
 from nmt.checkpoint import TrainedModel, load_ensemble
 from nmt.config import DecodeConfig, OptionStyle, decode_options
+from nmt.constraints import Target, Targets, encode_phrase, encode_target, word_continuations
 from nmt.data.batching import make_batches
 from nmt.data.collate import pad_sources
 from nmt.errors import NMTError
+from nmt.glossary import Glossary, with_glossary
 from nmt.precision import autocast, resolve_device, resolve_dtype
 from nmt.quantize import quantize_decoder
 from nmt.search import Hypothesis, Search
@@ -40,19 +42,28 @@ log = logging.getLogger(__name__)
 
 # One sentence's subword ids, or None for an empty sentence (it never reaches the model).
 Source = Sequence[int] | np.ndarray | None
+# Per sentence: target phrases the translation must contain (lexical constraints), or None.
+Constraints = Sequence[Sequence[str] | None]
 
 
 @dataclass
 class Translation(Hypothesis):
-    """A hypothesis with its detokenised text and the source ids the model saw (after truncation)."""
+    """A hypothesis with its detokenised text, the source ids the model saw (after truncation) and the constraints
+    it lacks (those that did not fit within the maximum output length)."""
 
     text: str = ""
     source: list[int] = dataclasses.field(default_factory=list)
+    unmet: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
-    def of(cls, hyp: Hypothesis, text: str, source: list[int]) -> Translation:
+    def of(cls, hyp: Hypothesis, text: str, source: list[int], target: Target | None = None,
+           unmet_all: bool = False) -> Translation:
+        """`target`: what the search was asked for; with `unmet_all` (an empty line, never searched) every one of
+        its constraints is unmet, else those the hypothesis lists."""
         fields = {f.name: getattr(hyp, f.name) for f in dataclasses.fields(Hypothesis)}
-        return cls(**fields, text=text, source=source)
+        missed = range(len(target.constraints)) if unmet_all and target else getattr(hyp, "unmet", ())
+        unmet = [target.constraints[j].text for j in missed] if target is not None else []
+        return cls(**fields, text=text, source=source, unmet=unmet)
 
 
 class Translator:
@@ -117,73 +128,137 @@ class Translator:
             encoded.append(ids)
         return encoded
 
-    def iter_translations(self, sources: Sequence[Source], with_attention: bool = False
+    def encode_targets(self, count: int, constraints: Constraints | None = None,
+                       prefixes: Sequence[str | None] | None = None, first_line: int = 1, name: str = "",
+                       prefix_name: str | None = None) -> list[Target | None] | None:
+        """Each of `count` sentences' constraints (target phrases) and prefix as target subwords, None when no
+        sentence has any; errors name the line (`name line N`, `prefix_name line N` for a prefix read apart)."""
+        if constraints is None and prefixes is None:
+            return None
+        for what, given in (("constraints", constraints), ("prefixes", prefixes)):
+            if given is not None and (isinstance(given, str) or len(given) != count):
+                raise NMTError(f"{what}: expected a list with one entry per sentence ({count})")
+        where = lambda file, i: f"{file} line {first_line + i}".lstrip()  # noqa: E731
+        targets = [encode_target(self.tgt_spm, None if constraints is None else constraints[i],
+                                 None if prefixes is None else prefixes[i], where(name, i),
+                                 where(prefix_name if prefix_name is not None else name, i))
+                   for i in range(count)]
+        if all(t is None for t in targets):
+            return None
+        if self.decode.temperature is not None:
+            raise NMTError("constraints and prefixes need beam search: they cannot be used with temperature sampling")
+        return targets
+
+    def check_glossary(self, glossary: Glossary) -> None:
+        """Every target term of `glossary` can be written with the target vocabulary (errors name its line)."""
+        for entry in glossary.entries:
+            encode_phrase(self.tgt_spm, entry.target, glossary.where(entry))
+
+    def iter_translations(self, sources: Sequence[Source], with_attention: bool = False,
+                          targets: Sequence[Target | None] | None = None
                           ) -> Iterator[tuple[list[int], list[list[Translation]]]]:
         """Translate encoded sentences batch by batch: yields (positions in `sources`, their translations),
-        empty sentences first, then the batches in length order. Every caller's loop is this one."""
+        empty sentences first, then the batches in length order. Every caller's loop is this one. Sentences with
+        a target (`encode_targets`) are batched apart, for `nmt.dba`'s constrained search."""
         empty = [i for i, ids in enumerate(sources) if ids is None or len(ids) == 0]
         if empty:
-            yield empty, [[Translation([], 0.0, 0.0)] for _ in empty]
+            yield empty, [[Translation.of(Hypothesis([], 0.0, 0.0), "", [], None if targets is None else targets[i],
+                                          unmet_all=True)] for i in empty]
         todo = [i for i, ids in enumerate(sources) if ids is not None and len(ids) > 0]
-        if not todo:
-            return
+        groups = [todo] if targets is None else [[i for i in todo if targets[i] is None],
+                                                 [i for i in todo if targets[i] is not None]]
+        for group in groups:
+            if group:
+                yield from self._batches(sources, group, with_attention, targets)
+
+    def _batches(self, sources: Sequence[Source], todo: list[int], with_attention: bool,
+                 targets: Sequence[Target | None] | None) -> Iterator[tuple[list[int], list[list[Translation]]]]:
         lengths = with_eos(np.array([len(sources[i]) for i in todo]))
         for batch in make_batches(lengths, lengths, self.decode.batch_tokens, shuffle=False):
             positions = [todo[j] for j in batch]
+            wanted = [None] * len(positions) if targets is None else [targets[i] for i in positions]
+            search_targets = Targets(wanted, word_continuations(self.tgt_spm)) if any(wanted) else None
             src, src_lengths = pad_sources([np.asarray(sources[i], dtype=np.int64) for i in positions])
             with autocast(self.device, self.dtype):
                 hyps = self.search.generate(self.models, src.to(self.device), src_lengths, with_attention,
-                                            self.generator)
+                                            self.generator, search_targets)
             texts = iter(self.tgt_spm.decode([h.tokens for sentence in hyps for h in sentence]))
-            yield positions, [[Translation.of(h, next(texts), [int(t) for t in sources[i]]) for h in sentence]
-                              for i, sentence in zip(positions, hyps)]
+            yield positions, [[Translation.of(h, next(texts), [int(t) for t in sources[i]], target) for h in sentence]
+                              for i, target, sentence in zip(positions, wanted, hyps)]
 
-    def translate_encoded(self, sources: Sequence[Source], with_attention: bool = False
-                          ) -> list[list[Translation]]:
+    def translate_encoded(self, sources: Sequence[Source], with_attention: bool = False,
+                          targets: Sequence[Target | None] | None = None) -> list[list[Translation]]:
         """`decode.nbest` translations of each encoded sentence, best first, in input order."""
         results: list[list[Translation]] = [[] for _ in sources]
-        for positions, translations in self.iter_translations(sources, with_attention):
+        for positions, translations in self.iter_translations(sources, with_attention, targets):
             for i, translation in zip(positions, translations):
                 results[i] = translation
         return results
 
-    def translate_lines(self, sentences: Sequence[str], first_line: int = 1, with_attention: bool = False
+    def translate_lines(self, sentences: Sequence[str], first_line: int = 1, with_attention: bool = False,
+                        constraints: Constraints | None = None, prefixes: Sequence[str | None] | None = None
                         ) -> list[list[Translation]]:
-        """`decode.nbest` translations of each raw sentence, best first, in input order."""
-        results = self.translate_encoded(self.encode(sentences, first_line), with_attention)
+        """`decode.nbest` translations of each raw sentence, best first, in input order; `constraints` (target
+        phrases per sentence) must appear in them, and each starts with its sentence's prefix (`nmt.dba`)."""
+        targets = self.encode_targets(len(sentences), constraints, prefixes, first_line)
+        results = self.translate_encoded(self.encode(sentences, first_line), with_attention, targets)
         for i, hyps in enumerate(results):
             warn_if_cut(hyps, first_line + i)
+            warn_if_unmet(hyps, first_line + i)
         return results
 
     # ------------------------------------------------------------------------------------------- the Python API
 
     @overload
-    def translate(self, text: str, **options: Any) -> str: ...
+    def translate(self, text: str, constraints: Sequence[str] | None = None, prefix: str | None = None,
+                  glossary: Glossary | None = None, **options: Any) -> str: ...
 
     @overload
-    def translate(self, text: Sequence[str], **options: Any) -> list[str]: ...
+    def translate(self, text: Sequence[str], constraints: Constraints | None = None,
+                  prefix: Sequence[str | None] | None = None, glossary: Glossary | None = None,
+                  **options: Any) -> list[str]: ...
 
-    def translate(self, text: str | Sequence[str], **options: Any) -> str | list[str]:
+    def translate(self, text: str | Sequence[str], constraints: Any = None, prefix: Any = None,
+                  glossary: Glossary | None = None, **options: Any) -> str | list[str]:
         """The best translation of a sentence (a string), or of each sentence of a list (a list, in order).
-        `options` are decoding options for this call (beam=1, alpha=0.6, ...)."""
-        sentences = [text] if isinstance(text, str) else list(text)
-        _check_sentences(sentences)
-        texts = [hyps[0].text for hyps in self.with_options(**options).translate_lines(sentences)]
-        return texts[0] if isinstance(text, str) else texts
+        `constraints`: target phrases the translation must contain (a list of them per sentence, for a list);
+        `prefix`: the text it must start with (one per sentence, for a list); `glossary`: its terms found in a
+        sentence become constraints too. `options` are decoding options for this call (beam=1, alpha=0.6, ...)."""
+        single = isinstance(text, str)
+        if single:
+            constraints = None if constraints is None else [constraints]
+            prefix = None if prefix is None else [prefix]
+        hyps = self.translate_nbest([text] if single else list(text), constraints, prefix, glossary, **options)
+        texts = [h[0].text for h in hyps]
+        return texts[0] if single else texts
 
-    def translate_nbest(self, sentences: Sequence[str], **options: Any) -> list[list[Translation]]:
-        """`nbest` translations per sentence with their scores, ids and (with `with_attention=True`) attention;
-        `options` are decoding options for this call, such as nbest=5 or beam=8."""
+    def translate_nbest(self, sentences: Sequence[str], constraints: Constraints | None = None,
+                        prefixes: Sequence[str | None] | None = None, glossary: Glossary | None = None,
+                        **options: Any) -> list[list[Translation]]:
+        """`nbest` translations per sentence with their scores, ids, the constraints they lack and (with
+        `with_attention=True`) attention; the other arguments as `translate`'s; `options` are decoding options
+        for this call, such as nbest=5 or beam=8."""
         with_attention = bool(options.pop("with_attention", False))
         sentences = list(sentences)
         _check_sentences(sentences)
-        return self.with_options(**options).translate_lines(sentences, with_attention=with_attention)
+        return self.with_options(**options).translate_lines(sentences, with_attention=with_attention,
+                                                            constraints=with_glossary(sentences, constraints, glossary),
+                                                            prefixes=prefixes)
 
 
 def warn_if_cut(hyps: list[Translation], line: int) -> None:
     """A translation that stopped at the output limit (a runaway line) is named, since it may be cut short."""
     if len(hyps[0].tokens) >= MAX_LINE_SUBWORDS:
         log.warning("line %d: the translation stopped at the limit of %d subwords", line, MAX_LINE_SUBWORDS)
+
+
+def warn_if_unmet(hyps: list[Translation], line: int) -> None:
+    """A translation without all its constraints is named (the search forbids ending before they are all met,
+    so only the maximum output length, or an empty line, leaves one out)."""
+    if hyps[0].unmet:
+        why = "the line is empty" if not hyps[0].source else "no room within the maximum output length"
+        log.warning("line %d: the translation lacks the constraints %s (%s)", line,
+                    ", ".join(repr(text) for text in hyps[0].unmet), why)
 
 
 def _check_sentences(sentences: list[Any]) -> None:

@@ -14,6 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (CI included): a failure reproduces, and a clean run stays
+# clean. `HYPOTHESIS_PROFILE=explore` draws new ones, to look for counterexamples on purpose.
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 # Tests never touch the network: a Hugging Face hub id must fail fast instead of trying to download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -54,6 +54,21 @@ def _translate_alignments(folder: Path) -> Case:
                  "-o", str(folder / "out.en"), "--alignments"], source)
 
 
+def _translate_prefix(folder: Path) -> Case:
+    source = _lines(folder / "in.de", 4, seed=1)
+    prefixes = _lines(folder / "prefix.en", 4, seed=2)
+    return Case(["translate", "-c", str(make_checkpoint(folder / "model.pt")), "-i", str(source), "--prefix",
+                 str(prefixes), "-q", "-o"], prefixes)
+
+
+def _translate_glossary(folder: Path) -> Case:
+    source = _lines(folder / "in.de", 4, seed=1)
+    glossary = folder / "terms.tsv"
+    glossary.write_text("ka\tlo\nmi zu\tve\n", encoding="utf-8")
+    return Case(["translate", "-c", str(make_checkpoint(folder / "model.pt")), "-i", str(source), "--glossary",
+                 str(glossary), "-q", "-o"], glossary)
+
+
 def _average(folder: Path) -> Case:
     a, b = make_checkpoint(folder / "a.pt", seed=1), make_checkpoint(folder / "b.pt", seed=2)
     return Case(["average", str(a), str(b), "-o"], b)
@@ -85,7 +100,8 @@ def _shortlist(folder: Path) -> Case:
 
 COMMANDS: dict[str, Callable[[Path], Case]] = {
     "translate -i": _translate_source, "translate -c": _translate_checkpoint,
-    "translate --alignments -i": _translate_alignments, "average": _average, "plot": _plot,
+    "translate --alignments -i": _translate_alignments, "translate --prefix": _translate_prefix,
+    "translate --glossary": _translate_glossary, "average": _average, "plot": _plot,
     "plot-attention": _plot_attention, "shortlist": _shortlist,
 }
 

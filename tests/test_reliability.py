@@ -444,6 +444,8 @@ BAD_INPUT = {
     "translate: --beam 0": translate_option_case("--beam", "0", says="--beam must be between 1 and 256, got 0"),
     "translate: --beam 5000": translate_option_case(
         "--beam", "5000", says="--beam must be between 1 and 256, got 5000"),
+    "translate: --topp 0": translate_option_case(
+        "--temperature", "1", "--topp", "0", says="--topp must be greater than 0, got 0.0"),
     "translate: --nbest over --beam": translate_option_case(
         "--beam", "2", "--nbest", "3", says="--nbest 3 needs a beam of at least 3 (--beam is 2)"),
     # ---- outputs that cannot be written (issue 15)

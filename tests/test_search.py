@@ -309,3 +309,45 @@ def test_no_output_grows_beyond_the_line_limit_whatever_max_len_a_says() -> None
     assert max_lengths(lengths, 256.0, 10, 1).tolist() == [MAX_LINE_SUBWORDS] == [1024]
     (hyp,), = search([model], src, lengths, beam=2, max_len_a=256.0, max_len_b=10)
     assert len(hyp.tokens) == 1024
+
+
+def test_nucleus_sampling_draws_only_from_the_nucleus() -> None:
+    """Every sampled token is among the fewest most likely tokens whose probability reaches topp (at the sample's
+    temperature), recomputed here by teacher forcing; topp=1 draws from everything, as without it."""
+    model = tiny_model(15, seed=14)
+    src, lengths = random_sources(15, 4, seed=14)
+    topp, temperature = 0.6, 1.3
+    hyps = search([model], src, lengths, beam=1, nbest=4, temperature=temperature, topp=topp, max_len_a=1.0,
+                  max_len_b=3, generator=torch.Generator().manual_seed(3))
+    checked = 0
+    for i, sentence in enumerate(one_each(hyps, src)):
+        for h in sentence:
+            with torch.inference_mode():
+                out = model(src[i : i + 1], lengths[i : i + 1], torch.tensor([[BOS] + h.tokens]))[0].float()
+            logits = torch.log_softmax(out, -1).clone()  # (steps, vocab), restricted as the search restricts
+            logits[:, [PAD, BOS]] = -math.inf
+            logits[0, EOS] = -math.inf  # min_len 1
+            ends_at_the_limit = len(h.tokens) == int(lengths[i]) + 3  # there EOS is forced
+            for t, token in enumerate(h.tokens + [EOS][: not ends_at_the_limit]):
+                probs = torch.softmax(logits[t] / temperature, -1)
+                ranked = probs.sort(descending=True).values
+                nucleus = int((ranked.cumsum(0) - ranked < topp).sum())  # the fewest reaching topp
+                assert int((probs > probs[token]).sum()) < nucleus
+                checked += 1
+    assert checked > 20
+
+    def draw(**options) -> list:
+        out = search([model], src, lengths, beam=1, nbest=3, temperature=temperature, max_len_a=1.0, max_len_b=3,
+                     generator=torch.Generator().manual_seed(5), **options)
+        return [[h.tokens for h in sentence] for sentence in out]
+
+    assert draw(topp=1.0) == draw() != draw(topp=0.3)
+
+
+def test_a_tiny_nucleus_is_greedy() -> None:
+    model = tiny_model(15, seed=15)
+    src, lengths = random_sources(15, 5, seed=15)
+    greedy = one_each(greedy_search([model], src, lengths, max_len_a=1.0, max_len_b=3), src)
+    sampled = one_each(search([model], src, lengths, temperature=2.0, topp=1e-6, max_len_a=1.0, max_len_b=3,
+                              generator=torch.Generator().manual_seed(0)), src)
+    assert [s[0].tokens for s in sampled] == [g[0].tokens for g in greedy]

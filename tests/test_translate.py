@@ -6,6 +6,7 @@ import functools
 import io
 import json
 import logging
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -224,3 +225,94 @@ def test_small_buffers_change_nothing_but_when_lines_are_written(checkpoint: Pat
                                                                  buffer_lines: str) -> None:
     whole = run_translate(checkpoint, input_file, tmp_path / "whole.txt")
     assert run_translate(checkpoint, input_file, tmp_path / "small.txt", "--buffer-lines", buffer_lines) == whole
+
+
+# ----------------------------------------------------------------------------------------------- constraints, prefixes
+
+
+def _has_word(phrase: str, text: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
+
+
+def test_constraints_after_the_source_are_in_the_translation_line_for_line(checkpoint: Path, tmp_path: Path) -> None:
+    """fairseq-interactive's format: SOURCE<TAB>PHRASE<TAB>...; line N still translates line N, in chunks too."""
+    sources = synthetic_sentences(9, seed=6)
+    asked = [["kalo"], [], ["mi zu", "ve"], [], ["nuvepe"], ["ka"], [], ["so"], ["lo", "pe"]]
+    source = tmp_path / "in.de"
+    source.write_text("".join("\t".join([s, *c]) + "\n" for s, c in zip(sources, asked)), encoding="utf-8")
+    outputs = run_translate(checkpoint, source, tmp_path / "out.en", "--constraints", "--buffer-lines", "4")
+    trained = load_trained_model(checkpoint)
+    alone = Translator([trained], trained.config.decode, CPU, torch.float32)
+    assert outputs == [alone.translate(s, constraints=c) for s, c in zip(sources, asked)]
+    for phrases, output in zip(asked, outputs):
+        assert all(_has_word(p, output) for p in phrases), (phrases, output)
+
+
+def test_a_prefix_file_starts_each_translation_and_works_with_nbest(checkpoint: Path, input_file: Path,
+                                                                    tmp_path: Path) -> None:
+    lines = input_file.read_text(encoding="utf-8").split("\n")[:-1]
+    prefixes = ["ka lo" if i % 2 else "" for i in range(len(lines))]
+    prefix_file = tmp_path / "prefix.en"
+    prefix_file.write_text("\n".join(prefixes) + "\n", encoding="utf-8")
+    out = run_translate(checkpoint, input_file, tmp_path / "out.en", "--prefix", str(prefix_file), "--nbest", "2",
+                        "--buffer-lines", "3")  # the prefix file is read along, chunk by chunk
+    parsed = [line.split(" ||| ") for line in out]
+    for index, text, _ in parsed:
+        if prefixes[int(index)] and lines[int(index)]:
+            assert text.startswith("ka lo")
+    plain = run_translate(checkpoint, input_file, tmp_path / "plain.en", "--nbest", "2")
+    assert [p for p, (i, _, _) in zip(plain, parsed) if not prefixes[int(i)]] == \
+        [o for o, (i, _, _) in zip(out, parsed) if not prefixes[int(i)]]  # no prefix: as without --prefix
+
+
+@pytest.mark.parametrize("lines, extra, says", [
+    (["ka\tlo", "mi\t"], ["--constraints"], "in.de line 2: constraint 1: the constraint is empty"),
+    (["ka\tlo\tΩ"], ["--constraints"], "in.de line 1: constraint 2: the constraint 'Ω' has characters the target"),
+    (["ka\tlo"], ["--constraints", "--temperature", "1"], "need beam search: they cannot be used with --temperature"),
+    (["ka", "lo", "mi"], ["--prefix", "PREFIX"], "misaligned: {tmp}/prefix.en has 2 lines but {tmp}/in.de has 3"),
+    (["ka"], ["--prefix", "{tmp}/none.en"], "file not found: {tmp}/none.en"),
+], ids=["empty constraint", "unknown characters", "with sampling", "prefix file misaligned", "prefix file missing"])
+def test_bad_constraints_and_prefixes_are_one_error_naming_file_and_line(lines, extra, says, checkpoint, tmp_path,
+                                                                        run_cli, user_error) -> None:
+    source = tmp_path / "in.de"
+    source.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    (tmp_path / "prefix.en").write_text("ka\nlo\n", encoding="utf-8")
+    extra = [str(tmp_path / "prefix.en") if e == "PREFIX" else e.format(tmp=tmp_path) for e in extra]
+    user_error(run_cli("translate", "-c", checkpoint, "-i", source, "-q", "-o", tmp_path / "out.en", *extra),
+               says.format(tmp=tmp_path))
+    assert not (tmp_path / "out.en").exists()
+
+
+def test_a_prefix_file_shorter_than_piped_input_is_named(checkpoint: Path, tmp_path: Path, run_cli, user_error,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through a pipe the lines cannot be counted first: the prefix file runs out, or is left over, as it is read."""
+    prefix = tmp_path / "prefix.en"
+    prefix.write_text("ka\n", encoding="utf-8")
+    for text, says in [("ka\nlo\n", f"misaligned: {prefix} has fewer lines than <stdin> (none for line 2)"),
+                       ("", f"misaligned: {prefix} has more lines than <stdin> (0)")]:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode()), encoding="utf-8"))
+        user_error(run_cli("translate", "-c", checkpoint, "-q", "--prefix", prefix), says)
+
+
+def test_an_impossible_constraint_is_a_warning_per_line_and_the_line_is_translated(
+        checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = tmp_path / "in.de"
+    source.write_text("ka\tkata nuvepe sosomi zuveka\nlo mi\tka\n\tlo\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="nmt.translator"):
+        out = run_translate(checkpoint, source, tmp_path / "out.en", "--constraints", "--max-len-a", "0",
+                            "--max-len-b", "3")
+    assert out[0] and _has_word("ka", out[1]) and out[2] == ""
+    assert sorted(r.getMessage() for r in caplog.records if "lacks" in r.getMessage()) == [
+        "line 1: the translation lacks the constraints 'kata nuvepe sosomi zuveka' (no room within the maximum "
+        "output length)", "line 3: the translation lacks the constraints 'lo' (the line is empty)"]
+
+
+def test_ordered_constraints_come_out_in_their_order(checkpoint: Path, tmp_path: Path) -> None:
+    sources = synthetic_sentences(6, seed=8)
+    source = tmp_path / "in.de"
+    source.write_text("".join(f"{s}\tzuveka\tka\n" for s in sources), encoding="utf-8")
+    ordered = run_translate(checkpoint, source, tmp_path / "ordered.en", "--constraints", "--ordered-constraints")
+    for output in ordered:
+        assert re.search(r"(?<!\w)zuveka(?!\w).*(?<!\w)ka(?!\w)", output), output
+    free = run_translate(checkpoint, source, tmp_path / "free.en", "--constraints")
+    assert any(re.search(r"(?<!\w)ka(?!\w).*zuveka", output) for output in free)  # the flag made a difference

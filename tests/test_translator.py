@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import nmt
 from nmt.checkpoint import TrainedModel, load_trained_model
 from nmt.config import DecodeConfig
 from nmt.errors import NMTError
+from nmt.glossary import Glossary
 from nmt.tokens import MAX_LINE_SUBWORDS
 from nmt.translator import Translation, Translator
 from translation_fixtures import make_checkpoint, synthetic_sentences
@@ -139,6 +141,8 @@ def test_nbest_alone_widens_the_beam_and_an_explicit_beam_must_hold_it(loaded: T
     (dict(max_len_a=-1.0, max_len_b=5), "max_len_a must be at least 0, got -1.0"),
     (dict(max_len_a=0.0, max_len_b=0), "max_len_a 0 and max_len_b 0 allow outputs shorter than one subword"),
     (dict(temperature=0.0), "temperature must be greater than 0, got 0.0"),
+    (dict(temperature=1.0, topp=0.0), "topp must be greater than 0, got 0.0"),
+    (dict(temperature=1.0, topp=1.5), "topp must be at most 1, got 1.5"),
     (dict(beem=4), "unknown decoding option beem; did you mean beam?"),
 ])
 def test_out_of_range_options_are_user_errors_naming_the_option(loaded: Translator, options: dict,
@@ -165,3 +169,50 @@ def test_every_dtype_translates_a_sentence_alone_as_inside_a_batch(dtype: torch.
         (alone,) = translator.translate_lines([sentence])
         assert alone[0].tokens == hyps[0].tokens
         assert alone[0].score == pytest.approx(hyps[0].score, abs=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------- constraints, prefixes
+
+
+def _has_word(phrase: str, text: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
+
+
+def test_constraints_and_prefixes_through_the_api(loaded: Translator) -> None:
+    sentences = synthetic_sentences(4, seed=14)
+    one = loaded.translate(sentences[0], constraints=["kalo", "mi zu"], prefix="ta")
+    assert one.startswith("ta") and _has_word("kalo", one) and _has_word("mi zu", one)
+    texts = loaded.translate(sentences, constraints=[["kalo"], None, [], ["nu"]], prefix=[None, "so ve", None, ""])
+    assert texts[0] == loaded.translate(sentences[0], constraints=["kalo"])  # a sentence as alone
+    assert _has_word("kalo", texts[0]) and texts[1].startswith("so ve") and _has_word("nu", texts[3])
+    assert texts[2] == loaded.translate(sentences[2])  # nothing asked: the plain search
+    glossary = Glossary.from_pairs([(sentences[1].split()[0], "zuzu")])
+    best = loaded.translate_nbest(sentences[:2], glossary=glossary, nbest=2)
+    assert _has_word("zuzu", best[1][0].text) and best[1][0].unmet == [] and not _has_word("zuzu", best[0][0].text)
+
+
+def test_a_constraint_without_room_is_named_per_line_and_the_line_still_translated(
+        loaded: Translator, caplog: pytest.LogCaptureFixture) -> None:
+    sentences = ["ka", "lo mi"]
+    with caplog.at_level(logging.WARNING, logger="nmt.translator"):
+        hyps = loaded.translate_nbest(sentences, constraints=[["kata nuvepe sosomi zuveka mizuso"], ["mi"]],
+                                      max_len_a=0.0, max_len_b=3)
+    assert hyps[0][0].text and hyps[0][0].unmet == ["kata nuvepe sosomi zuveka mizuso"] and hyps[1][0].unmet == []
+    warned = [r.getMessage() for r in caplog.records if "lacks the constraints" in r.getMessage()]
+    assert warned == ["line 1: the translation lacks the constraints 'kata nuvepe sosomi zuveka mizuso' (no room "
+                      "within the maximum output length)"]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda t: t.translate("ka", constraints="kalo"), "line 1: constraints must be a list of strings"),
+    (lambda t: t.translate("ka", constraints="kalo", glossary=Glossary.from_pairs([("ka", "lo")])),
+     "line 1: constraints must be a list of strings"),
+    (lambda t: t.translate("ka", constraints=[3]), "line 1: constraint 1: the constraint must be a string"),
+    (lambda t: t.translate(["ka", "lo"], constraints=[["kalo"]]), "constraints: expected a list with one entry"),
+    (lambda t: t.translate(["ka"], prefix="lo"), "prefixes: expected a list with one entry per sentence"),
+    (lambda t: t.translate("ka", prefix="Ω"), "line 1: the prefix 'Ω' has characters the target vocabulary lacks"),
+    (lambda t: t.translate("ka", constraints=["lo"], temperature=1.0), "need beam search"),
+])
+def test_bad_constraints_and_prefixes_are_user_errors(loaded: Translator, call, message: str) -> None:
+    with pytest.raises(NMTError, match=re.escape(message)):
+        call(loaded)

@@ -83,6 +83,23 @@ def read_lines(path: str | Path) -> Iterator[str]:
             raise NMTError(f"{path} line {line_no + 1}: cannot read ({err})") from None
 
 
+def read_bounded_lines(path: str | Path, max_line_bytes: int) -> Iterator[str]:
+    """`read_lines` for the small side files a user hands a command (a glossary, prefixes): a line longer than
+    `max_line_bytes` is a user error naming it, and no more of it than that is read, so a file without line
+    breaks cannot fill the memory."""
+    line_no = 0
+    with open_binary(path) as stream:
+        try:
+            while raw := stream.readline(max_line_bytes + 2):
+                line_no += 1
+                body = raw[:-1] if raw.endswith(b"\n") else raw
+                if len(body) > max_line_bytes:
+                    raise NMTError(f"{path} line {line_no}: longer than {max_line_bytes} bytes")
+                yield _decode_line(body, path, line_no)
+        except (OSError, EOFError, zlib.error) as err:
+            raise NMTError(f"{path} line {line_no + 1}: cannot read ({err})") from None
+
+
 def count_lines(path: str | Path) -> int:
     with open_binary(path) as stream:
         count = 0
