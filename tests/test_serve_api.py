@@ -236,13 +236,16 @@ class HeldSearch:
     def __init__(self, client: TestClient, monkeypatch: pytest.MonkeyPatch):
         served = client.app.state.service.models["de-en"]
         self.batcher = served.batcher
-        self.entered, self.release = threading.Event(), threading.Event()
+        self.entered, self.release, self.done = threading.Event(), threading.Event(), threading.Event()
         search = served.translator.translate_encoded
 
         def held(*args, **kwargs):
             self.entered.set()
             assert self.release.wait(WAIT_S)
-            return search(*args, **kwargs)
+            try:
+                return search(*args, **kwargs)
+            finally:
+                self.done.set()
 
         monkeypatch.setattr(served.translator, "translate_encoded", held)
 
@@ -277,13 +280,14 @@ def test_a_full_queue_answers_503_with_retry_after_and_recovers(checkpoints, ref
 
 def test_a_request_not_served_within_the_timeout_gets_504_and_the_server_goes_on(checkpoints, reference,
                                                                                   monkeypatch) -> None:
-    with make_client(checkpoints, timeout=0.2) as client:
+    with make_client(checkpoints, timeout=1.0) as client:
         held = HeldSearch(client, monkeypatch)
-        slow = translate(client, text=LINES[0])  # held: its search cannot finish within 0.2 s
-        assert slow.status_code == 504 and "timeout of 0.2 s" in slow.json()["error"]["message"]
+        slow = translate(client, text=LINES[0])  # held: its search cannot finish within the second
+        assert slow.status_code == 504 and "timeout of 1 s" in slow.json()["error"]["message"]
         queued_then_dropped = translate(client, text=LINES[1])  # still waiting behind the held search
         assert queued_then_dropped.status_code == 504
         held.release.set()
+        assert held.done.wait(WAIT_S)
         again = translate(client, text=LINES[:3])
         assert again.status_code == 200 and [t["text"] for t in again.json()["translations"]] == reference()[:3]
         assert held.batcher.queued_sentences == 0

@@ -188,6 +188,40 @@ def test_a_full_group_does_not_wait_for_max_wait(batcher_factory) -> None:
     assert recorder.searches == [(2, 2)]
 
 
+def test_a_lone_request_waits_max_wait_for_company_then_goes_alone(batcher_factory) -> None:
+    max_wait = 0.3
+    recorder = Recorder()
+    batcher = batcher_factory(BatchLimits(max_wait=max_wait), recorder)
+    batcher.start()
+    start = time.monotonic()
+    batcher.submit(FakeTranslator(), [[5]], False).result(WAIT_S)
+    assert time.monotonic() - start >= max_wait
+    assert recorder.searches == [(1, 1)]
+
+
+def test_after_a_search_the_worker_waits_for_its_clients_to_come_back(batcher_factory) -> None:
+    """A request that queued during a search still waits up to max_wait after it, so that the requests of
+    the clients just answered join it: closed-loop clients then share one search instead of two."""
+    max_wait = 0.5
+    recorder = Recorder()
+    batcher = batcher_factory(BatchLimits(max_batch_requests=2, max_wait=max_wait), recorder)
+    hold = threading.Event()
+    blocker = FakeTranslator(hold=hold)
+    batcher.start()
+    running = batcher.submit(blocker, [[5]], False)
+    assert blocker.entered.wait(WAIT_S)
+    translator = FakeTranslator()
+    waited = batcher.submit(translator, [[6]], False)
+    queued_at = time.monotonic()
+    wait_until(lambda: time.monotonic() > queued_at + max_wait, "the queued request is older than max_wait")
+    hold.set()
+    running.result(WAIT_S)
+    returning = batcher.submit(translator, [[7]], False)  # a client of the search that just ended comes back
+    waited.result(WAIT_S)
+    returning.result(WAIT_S)
+    assert recorder.searches[1:] == [(2, 2)]
+
+
 def test_a_full_queue_refuses_and_accepts_again_once_it_drains(batcher_factory) -> None:
     hold = threading.Event()
     blocker = FakeTranslator(hold=hold)

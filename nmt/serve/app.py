@@ -84,9 +84,11 @@ def _add_routes(app: FastAPI, service: Service, metrics: Metrics) -> None:
 
     @app.post("/v1/translate", response_model=TranslateResponse, response_model_exclude_none=True,
               responses=ERRORS, dependencies=[Depends(require_key)])
-    async def translate(request: TranslateRequest) -> TranslateResponse:
+    async def translate(request: TranslateRequest) -> Response:
         """Translate a sentence or a list of them; the answer keeps the input's order."""
-        return await service.translate(request)
+        answer = await service.translate(request)
+        # Serialised here, once, by pydantic's own encoder: FastAPI would validate the model a second time.
+        return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
 
     @app.get("/v1/models", response_model=ModelsResponse, responses=ERRORS, dependencies=[Depends(require_key)])
     async def models() -> ModelsResponse:

@@ -11,9 +11,13 @@ The rules the worker follows:
 - Only requests with equal decoding options (and the same wish for attention) share a search. The oldest
   queued request decides what is taken next; the others wait their turn in queue order.
 - A search takes queued requests until their source tokens (EOS included) reach `max_batch_tokens` or
-  `max_batch_requests` are taken, waiting at most `max_wait` seconds after the oldest one arrived. A request is
-  never split, so one larger than the budget gets a search of its own (the translator still cuts it into
-  batches of `batch_tokens`).
+  `max_batch_requests` are taken, waiting at most `max_wait` seconds for more: counted from the oldest one's
+  arrival, or from the end of the previous search if that is later. The second clock matters under load:
+  the clients answered by a search come back a few milliseconds after it, and without it a worker that is
+  always busy would take only the requests that queued during its search, so that closed-loop clients split
+  into two groups that alternate, each half the size of one search over all of them (measured: 16 sentences
+  per search with 32 clients). A request is never split, so one larger than the budget gets a search of its
+  own (the translator still cuts it into batches of `batch_tokens`).
 - The queue holds at most `max_queue` sentences: `submit` raises `QueueFull` beyond that, so memory stays
   bounded however many clients call (the service answers 503 with Retry-After).
 - A request whose caller stopped waiting before its search started is dropped, never translated.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -84,6 +89,7 @@ class Batcher:
         self._queued_sentences = 0
         self._cond = threading.Condition()
         self._stopping = False
+        self._free_since = 0.0  # when the last search ended (time.monotonic)
         self._thread = threading.Thread(target=self._run, name=f"nmt-serve-{name}", daemon=True)
 
     @property
@@ -130,6 +136,8 @@ class Batcher:
     def _run(self) -> None:
         while (jobs := self._take()) is not None:
             self._translate([job for job in jobs if job.future.set_running_or_notify_cancel()])
+            with self._cond:
+                self._free_since = time.monotonic()
 
     def _take(self) -> list[Job] | None:
         """Wait for the next search's requests; None once stopping with nothing queued."""
@@ -141,7 +149,8 @@ class Batcher:
                     self._cond.wait()
                     continue
                 group, full = self._group()
-                wait = self._queue[0].enqueued + self.limits.max_wait - time.monotonic()
+                since = max(self._queue[0].enqueued, self._free_since)
+                wait = since + self.limits.max_wait - time.monotonic()
                 if full or wait <= 0 or self._stopping:
                     for job in group:
                         self._queue.remove(job)
@@ -154,7 +163,7 @@ class Batcher:
         limits; and whether the group is full (waiting longer would not make it larger)."""
         first = self._queue[0]
         group, tokens = [first], first.tokens
-        most = self.limits.max_batch_requests or len(self._queue)
+        most = self.limits.max_batch_requests or sys.maxsize
         for job in itertools.islice(self._queue, 1, None):
             if not job.joins(first):
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Sequence
@@ -41,6 +42,14 @@ class ServedModel:
     name: str
     translator: Translator  # with the checkpoint's decoding options, batch_tokens set to the batch budget
     batcher: Batcher
+
+    def __post_init__(self) -> None:
+        # Checking a request's options took about a millisecond, more than all the rest of a short request's
+        # own work: the translators of the last few option sets are kept (a refused set raises, and is not).
+        self.with_options = functools.lru_cache(maxsize=64)(self._with_options)
+
+    def _with_options(self, beam: int | None, nbest: int | None) -> Translator:
+        return self.translator.with_options(beam=beam, nbest=nbest)
 
     def info(self) -> ModelInfo:
         data = self.translator.members[0].config.data
@@ -110,7 +119,7 @@ class Service:
             raise ServiceError(413, f"{len(sentences)} sentences, more than the {self.settings.max_sentences} a "
                                "request may have (max_sentences)", limit=self.settings.max_sentences)
         try:
-            translator = served.translator.with_options(beam=request.beam, nbest=request.nbest)
+            translator = served.with_options(request.beam, request.nbest)
         except NMTError as err:
             raise ServiceError(422, str(err)) from None
         if request.alignments and not translator.has_attention:
@@ -141,7 +150,9 @@ class Service:
 def encode_checked(translator: Translator, sentences: list[str]) -> list[Source]:
     """Subword ids per sentence, None for an empty one, as `Translator.encode` gives them; a line over the
     subword limit is refused here, where `nmt translate` would cut it, since a client can split it itself."""
-    encoded = translator.src_spm.encode(sentences)
+    # One sentence at a time: SentencePiece encodes a list on a pool of threads it starts for each call, which
+    # took milliseconds per request on cores busy with a search (a single string takes microseconds).
+    encoded = [translator.src_spm.sp.encode(sentence, out_type=int) for sentence in sentences]
     for i, ids in enumerate(encoded):
         if len(ids) > MAX_LINE_SUBWORDS:
             raise ServiceError(413, f"line {i}: {len(ids)} subwords, more than the {MAX_LINE_SUBWORDS} a line may "
