@@ -35,11 +35,13 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "plain": make_checkpoint(folder / "plain.pt", seed=7, attention="none")}
 
 
-def make_client(checkpoints: dict[str, Path], **settings: object) -> TestClient:
+def make_client(checkpoints: dict[str, Path], raise_server_exceptions: bool = True, **settings: object
+                ) -> TestClient:
     settings = ServeSettings(**settings)  # type: ignore[arg-type]
     metrics = Metrics(ENDPOINTS)
     specs = [str(checkpoints["de-en"]), f"plain={checkpoints['plain']}"]
-    return TestClient(create_app(Service(load_models(specs, settings, "cpu", "fp32", metrics), settings), metrics))
+    app = create_app(Service(load_models(specs, settings, "cpu", "fp32", metrics), settings), metrics)
+    return TestClient(app, raise_server_exceptions=raise_server_exceptions)
 
 
 @pytest.fixture(scope="module")
@@ -291,6 +293,18 @@ def test_a_request_not_served_within_the_timeout_gets_504_and_the_server_goes_on
         again = translate(client, text=LINES[:3])
         assert again.status_code == 200 and [t["text"] for t in again.json()["translations"]] == reference()[:3]
         assert held.batcher.queued_sentences == 0
+
+
+def test_a_failed_search_is_a_500_and_the_next_request_is_served(checkpoints, reference, monkeypatch) -> None:
+    with make_client(checkpoints, raise_server_exceptions=False) as client:
+        translator = client.app.state.service.models["de-en"].translator
+        search = translator.translate_encoded
+        monkeypatch.setattr(translator, "translate_encoded", lambda *a, **k: 1 / 0)
+        failed = translate(client, text=LINES[0])
+        assert failed.status_code == 500 and failed.json()["error"]["status"] == 500
+        monkeypatch.setattr(translator, "translate_encoded", search)
+        again = translate(client, text=LINES[0])
+        assert [t["text"] for t in again.json()["translations"]] == reference()[:1]
 
 
 # ----------------------------------------------------------------------------------------------- settings

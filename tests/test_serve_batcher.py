@@ -222,6 +222,34 @@ def test_after_a_search_the_worker_waits_for_its_clients_to_come_back(batcher_fa
     assert recorder.searches[1:] == [(2, 2)]
 
 
+def test_the_clients_of_a_search_coming_back_one_by_one_share_the_next_one(batcher_factory) -> None:
+    """After a search of 4 requests, the worker waits (up to a tenth of that search's time) for 4 new ones,
+    even when they come back further apart than max_wait: they join the request that queued during it."""
+    max_wait, gap = 0.05, 0.07
+    recorder = Recorder()
+    batcher = batcher_factory(BatchLimits(max_batch_requests=5, max_wait=max_wait), recorder)
+    hold = threading.Event()
+    blocker = FakeTranslator(hold=hold)
+    batcher.start()
+    answered = [batcher.submit(blocker, [[5]], False) for _ in range(4)]
+    assert blocker.entered.wait(WAIT_S)
+    translator = FakeTranslator()
+    futures = [batcher.submit(translator, [[6]], False)]
+    held_from = time.monotonic()
+    wait_until(lambda: time.monotonic() > held_from + 3.0, "the search has taken 3 s (a tenth: 0.3 s)")
+    hold.set()
+    for future in answered:
+        future.result(WAIT_S)
+    for i in range(4):
+        if i:
+            previous = time.monotonic()
+            wait_until(lambda: time.monotonic() > previous + gap, "the next client comes back")
+        futures.append(batcher.submit(translator, [[7 + i]], False))
+    for future in futures:
+        future.result(WAIT_S)
+    assert recorder.searches == [(4, 4), (5, 5)]
+
+
 def test_a_full_queue_refuses_and_accepts_again_once_it_drains(batcher_factory) -> None:
     hold = threading.Event()
     blocker = FakeTranslator(hold=hold)
