@@ -18,7 +18,8 @@ The rules the worker follows:
   in turn), and a worker that took only what had queued during its search split closed-loop clients into
   two groups that alternate, each half the size of one search over all of them (measured: 16 sentences per
   search with 32 clients, 64 with 128, on a CPU where a search of 32 costs about what one of 16 does).
-  Waiting at most a tenth of a search to double the next one is a good trade. A request is never split, so
+  Waiting at most a tenth of a search to double the next one is a good trade (`max_wait` 0 turns both waits
+  off). A request is never split, so
   one larger than the budget gets a search of its own (the translator cuts it into batches of
   `batch_tokens`).
 - The queue holds at most `max_queue` sentences: `submit` raises `QueueFull` beyond that, so memory stays
@@ -169,7 +170,7 @@ class Batcher:
     def _deadline(self) -> float:
         """When to stop waiting for more requests (see the module docstring), on time.monotonic's clock."""
         first = max(self._queue[0].enqueued, self._free_since) + self.limits.max_wait
-        if self._arrived >= self._last_requests:
+        if self._arrived >= self._last_requests or self.limits.max_wait == 0:  # 0: never wait for company
             return first
         return max(first, self._free_since + self._last_search / 10)  # its clients are coming back
 
