@@ -182,7 +182,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="requests one search takes (default 0: no limit; 1 turns batching off)")
     p.add_argument("--max-wait-ms", type=float, default=limits.max_wait * 1000,
                    help="how long a request waits for others to share its search (default: "
-                   f"{limits.max_wait * 1000:g})")
+                   f"{limits.max_wait * 1000:g}; 0: never)")
     p.add_argument("--max-queue", type=_count(1), default=limits.max_queue,
                    help=f"sentences waiting per model; a request beyond them gets 503 (default: {limits.max_queue})")
     p.add_argument("--max-sentences", type=_count(1), default=defaults.max_sentences,
