@@ -72,7 +72,8 @@ class ModelInfo(BaseModel):
     checkpoints: list[str] = Field(description="file names; several for an ensemble")
     parameters: int
     attention: bool = Field(description="whether alignments can be asked for")
-    decode: dict[str, Any] = Field(description="the decoding defaults (the checkpoint's decode section)")
+    decode: dict[str, Any] = Field(description="the decoding options a request gets unless it sets beam or "
+                                   "nbest: the checkpoint's, batch_tokens set to the server's --max-batch-tokens")
     dtype: str
     device: str
 
