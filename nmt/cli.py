@@ -136,6 +136,22 @@ def cmd_translate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+
+    from nmt.serve.server import serve
+    from nmt.serve.settings import BatchLimits, ServeSettings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    limits = BatchLimits(args.max_batch_tokens, args.max_batch_requests, args.max_wait_ms / 1000, args.max_queue)
+    settings = ServeSettings(
+        args.host, args.port, limits, args.max_sentences, args.max_body_bytes, args.timeout,
+        args.api_key or os.environ.get("NMT_API_KEY") or None, tuple(args.cors_origin), args.max_connections,
+        not args.no_access_log)
+    return serve(args.checkpoint, settings, args.device, args.dtype)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from nmt.evaluate import format_scores, score_files
 
@@ -170,6 +186,50 @@ def cmd_plot_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    from nmt.serve.settings import ServeSettings  # no torch, no FastAPI: `nmt --help` stays quick
+
+    defaults = ServeSettings()
+    limits = defaults.limits
+    p = sub.add_parser("serve", help="serve models over HTTP: a JSON API, a web page, batched requests",
+                       description="Translate over HTTP: POST /v1/translate, GET /v1/models, /health, /metrics, "
+                       "the web page at / and the API documentation at /docs. Requests that arrive together "
+                       "are translated in one search. SIGTERM finishes the requests in progress and exits 0.")
+    p.add_argument("-c", "--checkpoint", action="append", required=True, metavar="[NAME=]CKPT",
+                   help="a model to serve, under NAME (default: its language pair, e.g. de-en); repeatable")
+    p.add_argument("--host", default=defaults.host, help=f"address to listen on (default: {defaults.host}, this "
+                   "machine only)")
+    p.add_argument("--port", type=int, default=defaults.port, help=f"port (default: {defaults.port}; 0: a free one)")
+    p.add_argument("--max-batch-tokens", type=_count(1), default=limits.max_batch_tokens,
+                   help=f"source tokens of the requests one search takes (default: {limits.max_batch_tokens})")
+    p.add_argument("--max-batch-requests", type=_count(0), default=limits.max_batch_requests,
+                   help="requests one search takes (default 0: no limit; 1 turns batching off)")
+    p.add_argument("--max-wait-ms", type=float, default=limits.max_wait * 1000,
+                   help="how long a request waits for others to share its search (default: "
+                   f"{limits.max_wait * 1000:g}; 0: never)")
+    p.add_argument("--max-queue", type=_count(1), default=limits.max_queue,
+                   help=f"sentences waiting per model; a request beyond them gets 503 (default: {limits.max_queue})")
+    p.add_argument("--max-sentences", type=_count(1), default=defaults.max_sentences,
+                   help=f"sentences per request (default: {defaults.max_sentences})")
+    p.add_argument("--max-body-bytes", type=_count(1), default=defaults.max_body_bytes,
+                   help=f"request body size (default: {defaults.max_body_bytes})")
+    p.add_argument("--timeout", type=float, default=defaults.timeout,
+                   help=f"seconds a request may wait for its translation, then 504 (default: {defaults.timeout:g})")
+    p.add_argument("--max-connections", type=_count(1), default=defaults.max_connections,
+                   help="open connections and requests in progress; more get 503 (default: "
+                   f"{defaults.max_connections})")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (default: "
+                   "$NMT_API_KEY; none when unset)")
+    p.add_argument("--cors-origin", action="append", default=[],
+                   help="let web pages from this origin call the API (repeatable; default: none)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="compute dtype; auto picks bf16 only where the hardware does it fast")
+    p.add_argument("--threads", type=_count(0), default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    p.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nmt", description="Recurrent neural machine translation: prepare data, train, "
                      "translate and score.")
@@ -178,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_experiment_commands(sub)
     _add_translate_command(sub)
+    _add_serve_parser(sub)
     _add_file_commands(sub)
     return parser
 
