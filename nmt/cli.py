@@ -139,6 +139,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import torch
 
+    from nmt.glossary import Glossary
     from nmt.serve.server import serve
     from nmt.serve.settings import BatchLimits, ServeSettings
 
@@ -149,7 +150,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.host, args.port, limits, args.max_sentences, args.max_body_bytes, args.timeout,
         args.api_key or os.environ.get("NMT_API_KEY") or None, tuple(args.cors_origin), args.max_connections,
         not args.no_access_log)
-    return serve(args.checkpoint, settings, args.device, args.dtype)
+    glossaries = {}
+    for spec in args.glossary:
+        name, sep, path = spec.partition("=")
+        if not sep or not name:
+            raise NMTError(f"--glossary {spec}: expected NAME=FILE")
+        glossaries[name] = Glossary.load(path, args.glossary_ignore_case)
+    return serve(args.checkpoint, settings, args.device, args.dtype, glossaries)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -223,8 +230,12 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cors-origin", action="append", default=[],
                    help="let web pages from this origin call the API (repeatable; default: none)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="compute dtype; auto picks bf16 only where the hardware does it fast")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                   help="compute dtype; auto picks bf16 only where the hardware does it fast; int8 (CPUs) puts the "
+                   "decoder's products and the vocabulary projection in int8")
+    p.add_argument("--glossary", action="append", default=[], metavar="NAME=FILE",
+                   help="a glossary (source term TAB target term per line) requests may name; repeatable")
+    p.add_argument("--glossary-ignore-case", action="store_true", help="match glossaries' source terms in any case")
     p.add_argument("--threads", type=_count(0), default=0, help="CPU threads (default: torch's choice)")
     p.add_argument("--no-access-log", action="store_true", help="do not log each request")
     p.set_defaults(func=cmd_serve)

@@ -233,7 +233,7 @@ class Translator:
         return texts[0] if single else texts
 
     def translate_nbest(self, sentences: Sequence[str], constraints: Constraints | None = None,
-                        prefixes: Sequence[str | None] | None = None, glossary: Glossary | None = None,
+                        prefix: Sequence[str | None] | None = None, glossary: Glossary | None = None,
                         **options: Any) -> list[list[Translation]]:
         """`nbest` translations per sentence with their scores, ids, the constraints they lack and (with
         `with_attention=True`) attention; the other arguments as `translate`'s; `options` are decoding options
@@ -243,7 +243,7 @@ class Translator:
         _check_sentences(sentences)
         return self.with_options(**options).translate_lines(sentences, with_attention=with_attention,
                                                             constraints=with_glossary(sentences, constraints, glossary),
-                                                            prefixes=prefixes)
+                                                            prefixes=prefix)
 
 
 def warn_if_cut(hyps: list[Translation], line: int) -> None:

@@ -15,10 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from nmt.errors import NMTError
+from nmt.glossary import Glossary
 from nmt.serve.app import ENDPOINTS, create_app
 from nmt.serve.metrics import Metrics
 from nmt.serve.service import Service, load_models, parse_model_spec
 from nmt.serve.settings import BatchLimits, ServeSettings
+from nmt.translator import Translator
 from serve_fixtures import translate_command
 from translation_fixtures import make_checkpoint, synthetic_sentences
 
@@ -323,3 +325,63 @@ def test_model_specs_and_settings_are_checked_naming_the_option(checkpoints) -> 
                              (ServeSettings(api_key=" "), "--api-key")):
         with pytest.raises(NMTError, match=option):
             settings.check()
+
+
+# ----------------------------------------------------------------------------------------------- terminology
+
+
+@pytest.fixture(scope="module")
+def steered(checkpoints: dict[str, Path]) -> Iterator[tuple[TestClient, Glossary]]:
+    """A server with one glossary: the first word of LINES[1] must come out as "zuzu"."""
+    glossary = Glossary.from_pairs([(LINES[1].split()[0], "zuzu")])
+    settings = ServeSettings()
+    metrics = Metrics(ENDPOINTS)
+    service = Service(load_models([str(checkpoints["de-en"])], settings, "cpu", "fp32", metrics), settings,
+                      {"terms": glossary})
+    with TestClient(create_app(service, metrics)) as client:
+        yield client, glossary
+
+
+def test_constraints_prefixes_and_glossaries_answer_as_the_python_api(checkpoints, steered) -> None:
+    client, glossary = steered
+    translator = Translator.load(checkpoints["de-en"], device="cpu", dtype="fp32")
+    constraints = [["kalo"], None, [], ["nu"], None, ["mi zu"]]
+    prefixes = [None, "so ve", None, "", None, None]
+    response = translate(client, text=LINES, constraints=constraints, prefix=prefixes, glossary="terms")
+    assert response.status_code == 200, response.text
+    expected = translator.translate_nbest(LINES, constraints=constraints, prefix=prefixes, glossary=glossary)
+    got = response.json()["translations"]
+    assert [t["text"] for t in got] == [hyps[0].text for hyps in expected]
+    assert [t.get("unmet", []) for t in got] == [hyps[0].unmet for hyps in expected]
+    assert "zuzu" in got[1]["text"] and got[1]["text"].startswith("so ve")
+    single = translate(client, text=LINES[0], constraints=["kalo"], prefix="ta").json()["translations"][0]
+    assert single["text"] == translator.translate(LINES[0], constraints=["kalo"], prefix="ta")
+    assert client.get("/v1/models").json()["glossaries"] == ["terms"]
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    (dict(text=LINES[:2], constraints=[["kalo"]]), 422, "constraints: expected a list with one entry per sentence"),
+    (dict(text=LINES[0], constraints=[["kalo"]]), 422, "constraints: for a single text, a list of phrases"),
+    (dict(text=LINES[:2], prefix="ta"), 422, "prefix: for a list of texts, a list with one entry per sentence"),
+    (dict(text=LINES[:2], constraints=[["Ω"], None]), 422, "line 0: constraint 1: the constraint 'Ω' has "),
+    (dict(text=LINES[0], glossary="nope"), 404, "unknown glossary 'nope'; this server has terms"),
+    (dict(text=LINES[0], constraints="kalo"), 422, "constraints"),
+])
+def test_bad_terminology_requests_are_refused_and_the_next_is_served(steered, body, status, fragment) -> None:
+    client, _ = steered
+    response = translate(client, **body)
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["error"]["message"]
+    assert translate(client, text=LINES[0]).status_code == 200
+
+
+def test_an_int8_server_answers_as_the_int8_translator(checkpoints) -> None:
+    settings = ServeSettings()
+    metrics = Metrics(ENDPOINTS)
+    service = Service(load_models([str(checkpoints["de-en"])], settings, "cpu", "int8", metrics), settings)
+    with TestClient(create_app(service, metrics)) as client:
+        assert client.get("/v1/models").json()["models"][0]["dtype"] == "int8"
+        response = translate(client, text=LINES)
+        assert response.status_code == 200, response.text
+        expected = Translator.load(checkpoints["de-en"], device="cpu", dtype="int8").translate(LINES)
+        assert [t["text"] for t in response.json()["translations"]] == expected

@@ -63,7 +63,8 @@ class FakeTranslator:
         self.entered = threading.Event()
         self.calls: list[int] = []  # sentences per search
 
-    def translate_encoded(self, sources: list, with_attention: bool = False) -> list[list[Translation]]:
+    def translate_encoded(self, sources: list, with_attention: bool = False,
+                          targets: list | None = None) -> list[list[Translation]]:
         self.entered.set()
         if self.hold is not None:
             assert self.hold.wait(WAIT_S)

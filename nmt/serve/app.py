@@ -94,7 +94,7 @@ def _add_routes(app: FastAPI, service: Service, metrics: Metrics) -> None:
     async def models() -> ModelsResponse:
         return ModelsResponse(models=[m.info() for m in service.models.values()], limits={
             "max_sentences": settings.max_sentences, "max_body_bytes": settings.max_body_bytes,
-            "max_line_subwords": MAX_LINE_SUBWORDS})
+            "max_line_subwords": MAX_LINE_SUBWORDS}, glossaries=list(service.glossaries))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -37,6 +37,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from nmt.constraints import Target
 from nmt.serve.settings import BatchLimits
 from nmt.tokens import with_eos
 from nmt.translator import Source, Translation, Translator
@@ -69,6 +70,7 @@ class Job:
     translator: Translator
     sources: list[Source]
     with_attention: bool
+    targets: list[Target | None] | None = None  # constraints and prefixes, one per sentence (nmt.constraints)
     enqueued: float = field(default_factory=time.monotonic)
     future: Future[Result] = field(default_factory=Future)
 
@@ -113,8 +115,9 @@ class Batcher:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def submit(self, translator: Translator, sources: list[Source], with_attention: bool) -> Future[Result]:
-        job = Job(translator, list(sources), with_attention)
+    def submit(self, translator: Translator, sources: list[Source], with_attention: bool,
+               targets: list[Target | None] | None = None) -> Future[Result]:
+        job = Job(translator, list(sources), with_attention, targets)
         with self._cond:
             if self._stopping:
                 raise Stopped(self.name)
@@ -192,9 +195,13 @@ class Batcher:
         if not jobs:
             return
         sources = [ids for job in jobs for ids in job.sources]
+        # A sentence with constraints or a prefix is searched apart from the others by the translator, and alone
+        # as in any batch: requests with and without them may share a queue turn.
+        targets = None if all(job.targets is None for job in jobs) else \
+            [t for job in jobs for t in (job.targets or [None] * len(job.sources))]
         start = time.perf_counter()
         try:
-            results = jobs[0].translator.translate_encoded(sources, jobs[0].with_attention)
+            results = jobs[0].translator.translate_encoded(sources, jobs[0].with_attention, targets)
         except Exception as err:  # the worker must outlive a failed search; each caller gets the error
             log.exception("%s: search of %d sentences failed", self.name, len(sources))
             for job in jobs:

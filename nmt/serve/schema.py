@@ -21,6 +21,14 @@ class TranslateRequest(BaseModel):
     nbest: int | None = Field(None, description="hypotheses per sentence, best first (default 1); widens the "
                               "beam when no beam is given")
     alignments: bool = Field(False, description="also return each sentence's attention over its source")
+    constraints: list[str] | list[list[str] | None] | None = Field(
+        None, description="target phrases each translation must contain: a list of phrases for a single text, a "
+        "list (one entry per sentence, null for none) for a list of texts")
+    prefix: str | list[str | None] | None = Field(
+        None, description="text each translation must start with: one for a single text, one per sentence (null "
+        "for none) for a list")
+    glossary: str | None = Field(None, description="a glossary the server loaded (--glossary NAME=FILE): its "
+                                 "entries whose source term a sentence holds become that sentence's constraints")
 
     @field_validator("text")
     @classmethod
@@ -56,6 +64,8 @@ class Alignment(BaseModel):
 class SentenceTranslation(BaseModel):
     text: str = Field(description="the best translation; empty for an empty line")
     score: float
+    unmet: list[str] | None = Field(None, description="constraints the best translation lacks (no room for them "
+                                    "within the maximum output length); absent when it lacks none")
     nbest: list[Hypothesis] = Field(description="the `nbest` best translations, best first")
     alignment: Alignment | None = None
 
@@ -81,6 +91,7 @@ class ModelInfo(BaseModel):
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
     limits: dict[str, int] = Field(description="max_sentences, max_body_bytes, max_line_subwords")
+    glossaries: list[str] = Field(default_factory=list, description="names a request's `glossary` may take")
 
 
 class ErrorBody(BaseModel):

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import uvicorn
 
 from nmt.errors import NMTError
+from nmt.glossary import Glossary
 from nmt.serve.app import ENDPOINTS, create_app
 from nmt.serve.metrics import Metrics
 from nmt.serve.service import Service, load_models
@@ -46,13 +47,15 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def serve(checkpoints: Sequence[str], settings: ServeSettings, device: str = "auto", dtype: str = "auto") -> int:
+def serve(checkpoints: Sequence[str], settings: ServeSettings, device: str = "auto", dtype: str = "auto",
+          glossaries: dict[str, Glossary] | None = None) -> int:
     """Serve until stopped; 0 after a SIGTERM or Ctrl-C that let the requests in progress finish."""
     settings.check()
     metrics = Metrics(ENDPOINTS)
     sock = bind(settings.host, settings.port)  # first: a port in use fails before minutes of loading
     try:
-        return _run(sock, Service(load_models(checkpoints, settings, device, dtype, metrics), settings), metrics)
+        models = load_models(checkpoints, settings, device, dtype, metrics)
+        return _run(sock, Service(models, settings, glossaries), metrics)
     finally:
         sock.close()
 

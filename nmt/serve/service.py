@@ -16,7 +16,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from nmt.constraints import Target
 from nmt.errors import NMTError
+from nmt.glossary import Glossary, with_glossary
 from nmt.precision import dtype_name
 from nmt.serve.batcher import Batcher, BatchObserver, QueueFull, Result, Stopped
 from nmt.serve.schema import Alignment, Hypothesis, ModelInfo, SentenceTranslation, TranslateRequest, \
@@ -89,11 +91,16 @@ def load_models(specs: Sequence[str], settings: ServeSettings, device: str, dtyp
 class Service:
     """The models by name and the request-to-answer path; `start` and `stop` run their workers."""
 
-    def __init__(self, models: list[ServedModel], settings: ServeSettings):
+    def __init__(self, models: list[ServedModel], settings: ServeSettings,
+                 glossaries: dict[str, Glossary] | None = None):
         if not models:
             raise NMTError("no model to serve: give at least one -c CKPT")
         self.models = {m.name: m for m in models}
         self.settings = settings
+        self.glossaries = glossaries or {}
+        for name, glossary in self.glossaries.items():  # a term no model can write fails at start-up, not later
+            for model in models:
+                model.translator.check_glossary(glossary)
 
     def start(self) -> None:
         for model in self.models.values():
@@ -125,16 +132,43 @@ class Service:
         if request.alignments and not translator.has_attention:
             raise ServiceError(422, f"alignments need a model with attention; {served.name} has none")
         sources = encode_checked(translator, sentences)
-        results = await self._search(served.batcher, translator, sources, request.alignments)
+        targets = self._targets(request, translator, sentences)
+        results = await self._search(served.batcher, translator, sources, request.alignments, targets)
         return TranslateResponse(model=served.name, translations=[
             sentence_answer(i, hyps, translator, request.alignments) for i, hyps in enumerate(results)])
 
+    def _targets(self, request: TranslateRequest, translator: Translator, sentences: list[str]
+                 ) -> list[Target | None] | None:
+        """Each sentence's constraints (given, and from the glossary asked for) and prefix as target subwords;
+        any mistake in them is a 422 naming the line, as `nmt translate` names it."""
+        single = isinstance(request.text, str)
+        constraints, prefixes = request.constraints, request.prefix
+        if single:
+            if constraints is not None and not all(isinstance(c, str) for c in constraints):
+                raise ServiceError(422, "constraints: for a single text, a list of phrases")
+            constraints = None if constraints is None else [constraints]
+            prefixes = None if prefixes is None else [prefixes]
+        elif isinstance(prefixes, str):
+            raise ServiceError(422, "prefix: for a list of texts, a list with one entry per sentence")
+        glossary = None
+        if request.glossary is not None:
+            if request.glossary not in self.glossaries:
+                known = ", ".join(self.glossaries) or "none"
+                raise ServiceError(404, f"unknown glossary {request.glossary!r}; this server has {known}",
+                                   glossaries=list(self.glossaries))
+            glossary = self.glossaries[request.glossary]
+        try:
+            return translator.encode_targets(len(sentences), with_glossary(sentences, constraints, glossary),
+                                             prefixes, first_line=0)
+        except NMTError as err:
+            raise ServiceError(422, str(err)) from None
+
     async def _search(self, batcher: Batcher, translator: Translator, sources: list[Source],
-                      with_attention: bool) -> Result:
+                      with_attention: bool, targets: list[Target | None] | None = None) -> Result:
         if not sources:
             return []
         try:
-            future = batcher.submit(translator, sources, with_attention)
+            future = batcher.submit(translator, sources, with_attention, targets)
         except QueueFull as err:
             raise ServiceError(503, f"the server is busy: {err}; retry later", {"Retry-After": "1"}) from None
         except Stopped:
@@ -167,5 +201,5 @@ def sentence_answer(index: int, hyps: list[Translation], translator: Translator,
     best = hyps[0]
     alignment = Alignment(**alignment_record(index, best, translator.src_spm, translator.tgt_spm)) \
         if with_alignment else None
-    return SentenceTranslation(text=best.text, score=best.score, alignment=alignment, nbest=[
+    return SentenceTranslation(text=best.text, score=best.score, alignment=alignment, unmet=list(best.unmet) or None, nbest=[
         Hypothesis(text=h.text, score=h.score, log_prob=h.log_prob) for h in hyps])
