@@ -685,10 +685,14 @@ def test_settings_that_train_nothing_useful_are_warned_about(workspace, run_cli,
 
 
 def _translate_lines_as_they_come(workspace, extra: list) -> subprocess.Popen:
-    """`nmt translate` reading a pipe, in a real process, for the parent to feed line by line and interrupt."""
+    """`nmt translate` reading a pipe, in a real process, for the parent to feed line by line and interrupt.
+
+    SIGINT starts at its default in the child, as in a shell at a terminal: a test run started in the background
+    of a non-interactive shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
     return subprocess.Popen([sys.executable, "-m", "nmt", "translate", "-c", str(workspace.good), "-q", "--beam", "1",
                              *map(str, extra)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=workspace.root, env=process_env())
+                            text=True, cwd=workspace.root, env=process_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _readline_within(stream, seconds: float) -> str:
