@@ -40,6 +40,7 @@ class Shortlist:
     frequent: np.ndarray  # (f,) int64, EOS and UNK included
     src_hash: str  # sha256 of the SentencePiece models it was built with
     tgt_hash: str
+    path: str | None = None  # the file it was read from (an input no output may overwrite)
 
     def columns(self, src: torch.Tensor, src_lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +114,7 @@ def load_shortlist(path: str | os.PathLike, src_spm: Subword, tgt_spm: Subword) 
     try:
         with np.load(path, allow_pickle=False) as data:
             table = Shortlist(data["offsets"].astype(np.int64), data["targets"].astype(np.int64),
-                              data["frequent"].astype(np.int64), *[str(h) for h in data["hashes"]])
+                              data["frequent"].astype(np.int64), *[str(h) for h in data["hashes"]], str(path))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise NMTError(f"{path}: not a shortlist written by nmt shortlist ({str(err)[:200]})") from None
     table.check_vocabularies(src_spm, tgt_spm, str(path))

@@ -176,8 +176,7 @@ def translate_file(translator: Translator, input_path: str | None, output_path: 
     if alignments_path is not None and not translator.has_attention:
         raise NMTError("--alignments needs a model with attention; this checkpoint has attention: none")
     steering = steering or Steering()
-    inputs = [input_path if input_path is not None else standard_input(), *(m.path for m in translator.members),
-              *steering.files()]
+    inputs = [input_path if input_path is not None else standard_input(), *translator.files, *steering.files()]
     check_outputs([output_path if output_path is not None else standard_output(), alignments_path], inputs)
     for path in (output_path, alignments_path):
         if path is not None:

@@ -101,6 +101,12 @@ class Translator:
         return cls(members, decode, torch_device, torch_dtype, table)
 
     @property
+    def files(self) -> list[str]:
+        """Every file this translator was read from: its checkpoints and its shortlist."""
+        shortlist = [self.shortlist.path] if self.shortlist is not None and self.shortlist.path else []
+        return [m.path for m in self.members] + shortlist
+
+    @property
     def has_attention(self) -> bool:
         return all(m.decoder.attention is not None for m in self.models)
 

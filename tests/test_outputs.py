@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nmt.errors import NMTError
@@ -46,6 +47,21 @@ def _translate_checkpoint(folder: Path) -> Case:
 def _translate_stdin(folder: Path) -> Case:
     source = _lines(folder / "in.de", 4, seed=1)
     return Case(["translate", "-c", str(make_checkpoint(folder / "model.pt")), "-q", "-o"], source, stdin=source)
+
+
+def _translate_shortlist(folder: Path) -> Case:
+    from nmt.shortlist import Shortlist, spm_hash
+    from nmt.translator import Translator
+
+    checkpoint = make_checkpoint(folder / "model.pt")
+    translator = Translator.load(checkpoint)
+    src_spm, tgt_spm = translator.src_spm, translator.tgt_spm
+    every_word = Shortlist(np.zeros(len(src_spm) + 1, np.int64), np.zeros(0, np.int64), np.arange(len(tgt_spm)),
+                           spm_hash(src_spm), spm_hash(tgt_spm))
+    table = folder / "shortlist.npz"
+    every_word.save(table)
+    return Case(["translate", "-c", str(checkpoint), "-i", str(_lines(folder / "in.de", 4, seed=1)), "--shortlist",
+                 str(table), "-q", "-o"], table)
 
 
 def _translate_alignments(folder: Path) -> Case:
@@ -101,8 +117,8 @@ def _shortlist(folder: Path) -> Case:
 COMMANDS: dict[str, Callable[[Path], Case]] = {
     "translate -i": _translate_source, "translate -c": _translate_checkpoint,
     "translate --alignments -i": _translate_alignments, "translate --prefix": _translate_prefix,
-    "translate --glossary": _translate_glossary, "average": _average, "plot": _plot,
-    "plot-attention": _plot_attention, "shortlist": _shortlist,
+    "translate --glossary": _translate_glossary, "translate --shortlist": _translate_shortlist, "average": _average,
+    "plot": _plot, "plot-attention": _plot_attention, "shortlist": _shortlist,
 }
 
 
