@@ -73,9 +73,12 @@ class Ensemble:
             columns, mask = shortlist.columns(src, src_lengths)
             self.columns, self.column_mask = columns.to(src.device), mask.to(src.device)
         self.vocab_size = self.models[0].tgt_vocab if self.columns is None else self.columns.numel()
-        self.eos_column = EOS if self.columns is None else int((self.columns == EOS).nonzero()[0, 0])
-        # PAD and BOS are never output; a shortlist leaves them out of its columns
-        self.banned_columns = (PAD, BOS) if self.columns is None else ()
+        if self.columns is None:
+            self.eos_column, self.banned_columns = EOS, (PAD, BOS)
+        else:  # a shortlist always has EOS (load_shortlist checks); PAD and BOS are banned wherever they are
+            self.eos_column = int((self.columns == EOS).nonzero()[0, 0])
+            self.banned_columns = tuple(int(c) for c in torch.isin(self.columns, torch.tensor([PAD, BOS],
+                                        device=self.columns.device)).nonzero().flatten())
         self.projections = [OutputProjection(m, self.columns) for m in self.models]
 
     def to_tokens(self, columns: torch.Tensor) -> torch.Tensor:

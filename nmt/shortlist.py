@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,13 @@ def load_shortlist(path: str | os.PathLike, src_spm: Subword, tgt_spm: Subword) 
         raise NMTError(f"{path}: {path.stat().st_size} bytes, more than a shortlist of {MAX_SHORTLIST_BYTES} "
                        "bytes may have")
     try:
+        unpacked = sum(member.file_size for member in zipfile.ZipFile(path).infolist())
+    except (OSError, zipfile.BadZipFile) as err:
+        raise NMTError(f"{path}: not a shortlist written by nmt shortlist ({str(err)[:200]})") from None
+    if unpacked > MAX_SHORTLIST_BYTES:  # compressed members could inflate far beyond the file's own size
+        raise NMTError(f"{path}: {unpacked} bytes unpacked, more than a shortlist of {MAX_SHORTLIST_BYTES} bytes "
+                       "may have")
+    try:
         with np.load(path, allow_pickle=False) as data:
             table = Shortlist(data["offsets"].astype(np.int64), data["targets"].astype(np.int64),
                               data["frequent"].astype(np.int64), *[str(h) for h in data["hashes"]], str(path))
@@ -124,4 +132,6 @@ def load_shortlist(path: str | os.PathLike, src_spm: Subword, tgt_spm: Subword) 
     if len(table.offsets) != len(src_spm) + 1 or bad or np.any(np.diff(table.offsets) < 0) \
             or table.offsets[-1] != len(table.targets):
         raise NMTError(f"{path}: a damaged shortlist (its arrays do not fit the vocabularies)")
+    if EOS not in table.frequent:
+        raise NMTError(f"{path}: a damaged shortlist (EOS is not among its frequent subwords: no sentence could end)")
     return table

@@ -48,7 +48,7 @@ def test_a_words_translation_is_among_its_candidates(prepared, tiny_corpus) -> N
     assert checked > 20 and found >= 0.9 * checked
 
 
-def test_a_saved_table_loads_back_and_only_for_its_vocabularies(prepared, tmp_path) -> None:
+def test_a_saved_table_loads_back_and_only_for_its_vocabularies(prepared, tmp_path, monkeypatch) -> None:
     table = build_shortlist(prepared.train, prepared.src_model, prepared.tgt_model, per_source=5, frequent=10)
     path = tmp_path / "shortlist.npz"
     table.save(path)
@@ -67,6 +67,16 @@ def test_a_saved_table_loads_back_and_only_for_its_vocabularies(prepared, tmp_pa
     damaged.save(tmp_path / "damaged.npz")
     with pytest.raises(NMTError, match="a damaged shortlist"):
         load_shortlist(tmp_path / "damaged.npz", prepared.src_model, prepared.tgt_model)
+    bomb = tmp_path / "bomb.npz"  # 2 MB of zeros in a few kilobytes
+    np.savez_compressed(bomb, offsets=np.zeros(1 << 18, np.int64))
+    with monkeypatch.context() as patch:
+        patch.setattr("nmt.shortlist.MAX_SHORTLIST_BYTES", 1 << 20)
+        with pytest.raises(NMTError, match="bytes unpacked, more than a shortlist"):
+            load_shortlist(bomb, prepared.src_model, prepared.tgt_model)
+    endless = dataclasses.replace(table, frequent=table.frequent[table.frequent != EOS])
+    endless.save(tmp_path / "endless.npz")
+    with pytest.raises(NMTError, match="EOS is not among its frequent subwords"):
+        load_shortlist(tmp_path / "endless.npz", prepared.src_model, prepared.tgt_model)
 
 
 def _random_table(vocab: int, seed: int, per_source: int = 4) -> Shortlist:
@@ -124,6 +134,19 @@ def test_a_shortlist_of_every_word_changes_nothing() -> None:
     for a, b in zip(plain, restricted):
         assert [h.tokens for h in a] == [h.tokens for h in b]
         assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)
+
+
+def test_pad_and_bos_in_a_shortlist_are_never_output() -> None:
+    """A table that lists PAD and BOS (a hand-made or damaged one) still never yields them, even from a model that
+    prefers them to every other word."""
+    vocab = len(load_trained_model(_translator.checkpoint).tgt_spm)
+    everything = Shortlist(np.zeros(vocab + 1, np.int64), np.zeros(0, np.int64), np.arange(vocab), "", "")
+    translator = _translator(everything, 3)
+    with torch.no_grad():
+        translator.models[0].output.bias[[PAD, BOS]] = 1e4
+    results = translator.translate_lines(synthetic_sentences(6, seed=7))
+    assert len(results) == 6
+    assert all(PAD not in h.tokens and BOS not in h.tokens for hyps in results for h in hyps)
 
 
 def test_the_command_line_builds_and_uses_a_shortlist(write_config, tmp_path, run_cli, user_error) -> None:
