@@ -36,6 +36,7 @@ from nmt.constraints import encode_phrase
 from nmt.data.corpus import read_lines
 from nmt.errors import NMTError
 from nmt.evaluate import score_corpus
+from nmt.outputs import atomic_output, check_outputs
 from nmt.precision import describe_device, dtype_name
 from nmt.translator import Translator
 
@@ -85,10 +86,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="first N sentences only (a smoke test)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
+    data = [Path(args.data) / "test2016.de.gz", Path(args.data) / "test2016.en.gz"]
+    try:  # before minutes of decoding: --json must not name one of the inputs
+        check_outputs([args.json], [args.checkpoint, *data])
+    except NMTError as err:
+        raise SystemExit(f"tools/constraints_eval.py: {err}") from None
     torch.set_num_threads(args.threads)
     translator = Translator.load(args.checkpoint, device="cpu", beam=args.beam)
-    sources = list(read_lines(Path(args.data) / "test2016.de.gz"))
-    references = list(read_lines(Path(args.data) / "test2016.en.gz"))
+    sources, references = list(read_lines(data[0])), list(read_lines(data[1]))
     if args.limit:
         sources, references = sources[: args.limit], references[: args.limit]
     translator.translate_lines(sources[:20])  # warm-up, untimed
@@ -111,7 +116,8 @@ def main() -> None:
     report = summary(args, translator, sources, references, plain, constrained, constraints, runs)
     print(json.dumps(report, indent=2, ensure_ascii=False))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        with atomic_output(args.json) as f:
+            f.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
 def summary(args: argparse.Namespace, translator: Translator, sources: list[str], references: list[str],
@@ -120,6 +126,7 @@ def summary(args: argparse.Namespace, translator: Translator, sources: list[str]
     covered = sum(occurs(c, out) for c, out in asked)
     best = {name: min(times) for name, times in runs.items()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    plain_score = score_corpus(plain, references)
     return {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]), "commit": commit,
         "machine": f"{describe_device(translator.device)}, {torch.get_num_threads()} threads, "
@@ -128,9 +135,9 @@ def summary(args: argparse.Namespace, translator: Translator, sources: list[str]
         "constraints": len(asked), "constraint_coverage": covered / max(len(asked), 1),
         "unconstrained_outputs_lacking_a_constraint": sum(not occurs(c, p) for cs, p in zip(constraints, plain)
                                                            for c in cs),
-        "bleu_unconstrained": round(score_corpus(plain, references)["bleu"], 2),
+        "bleu_unconstrained": round(plain_score["bleu"], 2),
         "bleu_constrained": round(score_corpus(constrained, references)["bleu"], 2),
-        "bleu_signature": score_corpus(plain, references)["signature"]["bleu"],
+        "bleu_signature": plain_score["signature"]["bleu"],
         "seconds": runs, "sentences_per_second": {n: round(len(sources) / s, 2) for n, s in best.items()},
         "constrained_over_unconstrained_time": round(best["constrained"] / best["unconstrained"], 2),
         "examples": [{"source": s, "constraints": c, "unconstrained": p, "constrained": o, "reference": r}

@@ -76,10 +76,11 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def written_lines(output: Path) -> int:
-    """Lines written so far: `nmt translate` writes to `.NAME.tmpPID` beside the output and renames it at the end."""
-    partial = sorted(output.parent.glob(f".{output.name}.tmp*"))
-    return count_lines(partial[0]) if partial else count_lines(output)
+def written_lines(output: Path, pid: int) -> int:
+    """Lines written so far: `nmt translate` (process `pid`) writes to `.NAME.tmpPID` beside the output and renames
+    it at the end (a temporary file of an earlier, killed run has another PID)."""
+    partial = output.with_name(f".{output.name}.tmp{pid}")
+    return count_lines(partial) if partial.exists() else count_lines(output)
 
 
 def count_lines(path: Path) -> int:
@@ -124,7 +125,7 @@ def main() -> None:
         while proc.poll() is None:
             rss = rss_mb(proc.pid)
             if rss is not None:
-                samples.append((time.perf_counter() - start, written_lines(output), rss))
+                samples.append((time.perf_counter() - start, written_lines(output, proc.pid), rss))
             time.sleep(args.interval)
         elapsed = time.perf_counter() - start
         if proc.returncode != 0:

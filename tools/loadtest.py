@@ -220,8 +220,14 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
+    from nmt.errors import NMTError
+    from nmt.outputs import atomic_output, check_outputs
     from nmt.precision import cpu_kind
 
+    try:  # before minutes of measuring: --json must not name the checkpoint or the input
+        check_outputs([args.json], [args.checkpoint, args.input])
+    except NMTError as err:
+        raise SystemExit(f"tools/loadtest.py: {err}") from None
     sentences = read_sentences(args)
     with tempfile.TemporaryDirectory(prefix="nmt-loadtest-") as tmp:
         source = Path(tmp) / "source.txt"
@@ -249,9 +255,9 @@ def main() -> int:
                 return 1
     ratios = report(levels, file_rate, f"{cpu_kind()}, {os.cpu_count()} cores")
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_kind(), "cores": os.cpu_count(), "file_sentences_per_s":
-                                               file_rate, "levels": [lv.summary() for lv in levels],
-                                               "ratios": ratios, "args": vars(args)}, indent=1))
+        with atomic_output(args.json) as f:
+            json.dump({"cpu": cpu_kind(), "cores": os.cpu_count(), "file_sentences_per_s": file_rate,
+                       "levels": [lv.summary() for lv in levels], "ratios": ratios, "args": vars(args)}, f, indent=1)
     return 1 if any(level.errors for level in levels) else 0
 
 

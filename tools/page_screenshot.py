@@ -17,6 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from serve_fixtures import browser_missing, drive_page, running_server  # noqa: E402
 
+from nmt.errors import NMTError  # noqa: E402
+from nmt.outputs import atomic_output, check_outputs  # noqa: E402
+
 SENTENCES = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.",
              "Eine Frau mit einem roten Hut liest ein Buch."]
 
@@ -31,9 +34,17 @@ def main() -> int:
     if reason:
         print(reason, file=sys.stderr)
         return 2
+    try:
+        check_outputs([args.output], [args.checkpoint])
+    except NMTError as err:
+        print(f"tools/page_screenshot.py: {err}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="nmt-page-") as tmp:
-        with running_server(["-c", args.checkpoint], Path(tmp) / "serve.log") as server:
-            view = drive_page(server.url + "/", SENTENCES, Path(args.output), Path(tmp) / "profile", args.nbest)
+        shot = Path(tmp) / "page.png"  # the browser writes here; the output is replaced only by a whole picture
+        with running_server(["-c", str(Path(args.checkpoint).resolve())], Path(tmp) / "serve.log") as server:
+            view = drive_page(server.url + "/", SENTENCES, shot, Path(tmp) / "profile", args.nbest)
+        with atomic_output(args.output, binary=True) as f:
+            f.write(shot.read_bytes())
     for source, target in zip(SENTENCES, view.translations):
         print(f"{source} -> {target}")
     print(f"wrote {args.output}")

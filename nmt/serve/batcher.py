@@ -74,9 +74,10 @@ class Job:
     enqueued: float = field(default_factory=time.monotonic)
     future: Future[Result] = field(default_factory=Future)
 
-    @property
-    def tokens(self) -> int:
-        return sum(with_eos(len(ids)) for ids in self.sources if ids is not None and len(ids) > 0)
+    tokens: int = field(init=False)  # source tokens, EOS included: counted once, read at every wake-up
+
+    def __post_init__(self) -> None:
+        self.tokens = sum(with_eos(len(ids)) for ids in self.sources if ids is not None and len(ids) > 0)
 
     def joins(self, other: Job) -> bool:
         """Whether this job may share `other`'s search: the same options give the same answers."""
