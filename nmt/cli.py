@@ -107,6 +107,8 @@ def cmd_shortlist(args: argparse.Namespace) -> int:
     output = args.output or str(Path(cfg.exp_dir) / "shortlist.npz")
     check_outputs([output], [args.config, *split_files(cfg.data.train)])
     data = prepare(cfg)  # creates EXP, reuses its cache
+    exp = Path(cfg.exp_dir)  # what it read there: the SentencePiece models and the encoded corpus
+    check_outputs([output], [*sorted((exp / "spm").glob("*")), *sorted((exp / "cache").glob("*"))])
     check_writable(output)
     table = build_shortlist(data.train, data.src_model, data.tgt_model, args.per_source, args.frequent)
     table.save(output)

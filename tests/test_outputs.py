@@ -186,6 +186,17 @@ def test_test_never_writes_over_a_test_set(write_config, tmp_path, run_cli, user
     assert hyp.read_bytes() == before
 
 
+def test_shortlist_never_writes_over_the_models_and_cache_it_reads(tmp_path, run_cli, user_error) -> None:
+    case = _shortlist(tmp_path)
+    assert run_cli(*case.args, str(tmp_path / "first.npz")).code == 0  # prepares EXP/spm and EXP/cache
+    read = sorted((tmp_path / "exp" / "spm").glob("*")) + sorted((tmp_path / "exp" / "cache").glob("*"))
+    assert read
+    for path in read:
+        before = path.read_bytes()
+        user_error(run_cli(*case.args, str(path)), "is also an input")
+        assert path.read_bytes() == before
+
+
 def test_two_outputs_naming_one_new_file_are_refused(tmp_path, run_cli, user_error) -> None:
     case = _translate_source(tmp_path)
     same = tmp_path / "same.out"
