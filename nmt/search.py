@@ -20,6 +20,7 @@ as in GNMT; while searching, hypotheses of one length compete on their model sco
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +35,8 @@ from nmt.model.seq2seq import Seq2Seq
 from nmt.shortlist import Shortlist
 from nmt.tokens import BOS, EOS, MAX_LINE_SUBWORDS, PAD
 from nmt.constraints import Targets  # after the others: the search's own imports stay as they were
+
+log = logging.getLogger(__name__)
 
 LENGTH_PENALTIES = ("none", "average", "gnmt")
 
@@ -237,6 +240,7 @@ class Search:
         self.decode = decode
         self.shortlist = shortlist  # restricts each sentence's output to its lexical shortlist (nmt/shortlist.py)
         self.stats = SearchStats()
+        self._said_full_vocabulary = False
 
     @_searching
     def generate(self, models: list[Seq2Seq], src: torch.Tensor, src_lengths: torch.Tensor,
@@ -247,6 +251,12 @@ class Search:
         decode = self.decode
         if targets is not None:
             from nmt.dba import ConstrainedSearch  # here: nmt.dba builds on this module
+
+            if self.shortlist is not None and not self._said_full_vocabulary:
+                # a constraint's or a prefix's subwords need not be in the source's shortlist
+                log.warning("lines with constraints or a prefix are searched over the whole vocabulary, "
+                            "not their shortlist")
+                self._said_full_vocabulary = True
 
             return ConstrainedSearch(decode, self.stats).generate(models, src, src_lengths, targets, with_attention)
         if decode.temperature is not None:

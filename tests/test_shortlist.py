@@ -4,6 +4,7 @@ a sentence translates the same alone and in any batch, in fp32 and in int8."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,21 @@ def test_pad_and_bos_in_a_shortlist_are_never_output() -> None:
     results = translator.translate_lines(synthetic_sentences(6, seed=7))
     assert len(results) == 6
     assert all(PAD not in h.tokens and BOS not in h.tokens for hyps in results for h in hyps)
+
+
+def test_a_constrained_line_is_searched_over_the_whole_vocabulary_and_says_so(caplog) -> None:
+    """A constraint's subwords need not be in the source's shortlist: such lines leave it aside, with one warning."""
+    vocab = len(load_trained_model(_translator.checkpoint).tgt_spm)
+    translator = _translator(Shortlist(np.zeros(vocab + 1, np.int64), np.zeros(0, np.int64),
+                                       np.array([EOS, UNK]), "", ""), 3)
+    sentences = synthetic_sentences(3, seed=8)
+    with caplog.at_level(logging.WARNING, logger="nmt.search"):
+        results = translator.translate_lines(sentences, constraints=[["kalo"], ["kalo"], None])
+        translator.translate_lines(sentences[:1], constraints=[["kalo"]])
+    assert len(results) == 3
+    assert all("kalo" in hyps[0].text for hyps in results[:2])
+    said = [r for r in caplog.records if "searched over the whole vocabulary" in r.getMessage()]
+    assert len(said) == 1
 
 
 def test_the_command_line_builds_and_uses_a_shortlist(write_config, tmp_path, run_cli, user_error) -> None:
