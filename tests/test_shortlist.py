@@ -103,7 +103,7 @@ def _checkpoint(tmp_path_factory):
     _translator.checkpoint = make_checkpoint(tmp_path_factory.mktemp("sl") / "model.pt", seed=6)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.qint8], ids=["fp32", "int8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.qint8], ids=["fp32", "bf16", "int8"])
 @pytest.mark.parametrize("beam", [1, 3])
 def test_a_sentence_alone_equals_it_in_a_batch_and_stays_within_its_shortlist(dtype, beam) -> None:
     vocab = len(load_trained_model(_translator.checkpoint).tgt_spm)

@@ -63,7 +63,7 @@ def _linear(x: torch.Tensor, weight: Any, bias: torch.Tensor | None = None) -> t
     return F.linear(x, weight, bias) if isinstance(weight, torch.Tensor) else weight(x)
 
 
-def _compute_dtype(device: torch.device) -> torch.dtype | None:
+def compute_dtype(device: torch.device) -> torch.dtype | None:
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return None
@@ -133,7 +133,7 @@ class Decoder(nn.Module):
     def step_weights(self, device: torch.device) -> StepWeights:
         if self.int8_weights is not None:
             return self.int8_weights
-        dtype = _compute_dtype(device)
+        dtype = compute_dtype(device)
         cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)  # noqa: E731
         emb = self.embedding.embedding_dim
         w0 = self.rnn.weight_ih_l0

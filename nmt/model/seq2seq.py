@@ -18,7 +18,7 @@ from nmt.config import ModelConfig
 from nmt.tokens import PAD
 from nmt.errors import NMTError
 from nmt.model.attention import build_attention
-from nmt.model.decoder import Decoder, DecoderState, StepWeights
+from nmt.model.decoder import Decoder, DecoderState, StepWeights, compute_dtype
 from nmt.model.encoder import Encoder, EncoderOutput
 
 
@@ -146,8 +146,17 @@ class OutputProjection:
             self.int8 = layer.int8 if columns is None else layer.subset(columns)
             return
         self.weight, self.bias = layer.weight, layer.bias
+        self.rounding: torch.dtype | None = None  # under autocast with a shortlist: the dtype operands round to
         if columns is not None:
             self.weight, self.bias = self.weight.index_select(0, columns), self.bias.index_select(0, columns)
+            # Under bf16/fp16 autocast a product's result for one row varies with the number of columns, and a
+            # shortlist's columns vary from batch to batch: a sentence would translate differently alone and in
+            # a batch. So the (few) shortlist columns are an fp32 product of operands rounded to that dtype, once
+            # for the weights, at every step for the decoder's output.
+            self.rounding = compute_dtype(columns.device)
+            if self.rounding is not None:
+                self.weight = self.weight.to(self.rounding).float()
+                self.bias = self.bias.to(self.rounding).float()
 
     def __call__(self, output: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """output (rows, output_size) -> (rows, columns) float32."""
@@ -155,6 +164,9 @@ class OutputProjection:
             output = self.pre_output(output)
         if self.int8 is not None:
             return self.int8(output)
+        if self.rounding is not None:
+            with torch.autocast(output.device.type, enabled=False):
+                return nn.functional.linear(output.to(self.rounding).float(), self.weight, self.bias)
         if out is None or torch.is_autocast_enabled(output.device.type):
             return nn.functional.linear(output, self.weight, self.bias).float()
         return torch.addmm(self.bias, output, self.weight.t(), out=out)
