@@ -317,3 +317,22 @@ def test_stop_finishes_the_queued_requests_then_refuses(batcher_factory) -> None
 
 def test_empty_lines_cost_no_tokens() -> None:
     assert Job(FakeTranslator(), [None, [], [4, 5]], False).tokens == 3
+
+
+def test_with_two_searches_two_run_at_once_and_every_request_gets_its_own_lines(batcher_factory) -> None:
+    hold = threading.Event()
+    first, second = FakeTranslator(beam=1, hold=hold), FakeTranslator(beam=2, hold=hold)
+    batcher = batcher_factory(BatchLimits(max_wait=0.0, searches=2))
+    batcher.start()
+    a = batcher.submit(first, [[5]], False)
+    assert first.entered.wait(WAIT_S)
+    b = batcher.submit(second, [[6, 7]], False)  # another worker takes it while the first search is held
+    assert second.entered.wait(WAIT_S)
+    hold.set()
+    assert [h.text for hyps in a.result(WAIT_S) for h in hyps] == ["1"]
+    assert [h.tokens for hyps in b.result(WAIT_S) for h in hyps] == [[6, 7]]
+    translator = real_translator()
+    lines = [[line] for line in POOL]
+    futures = [batcher.submit(translator, translator.encode(line), False) for line in lines]
+    for line, future in zip(lines, futures):
+        assert [h.tokens for h in future.result(WAIT_S)[0]] == [h.tokens for h in translator.translate_lines(line)[0]]

@@ -1,4 +1,7 @@
-"""Batching across requests: one worker thread owns a model and runs one search for what is queued.
+"""Batching across requests: a model's worker thread runs one search for what is queued (`searches` workers,
+2 or more, run that many searches at a time, each taking its own group from the same queue: on a CPU with
+its threads split among them, under many clients, both halves of the machine stay busy while one search ends and
+its clients come back).
 
 Why a worker and a queue rather than a lock per request (OpenNMT-py's server): a search over 32 sentences
 costs a CPU little more than a search over one, since the matrix products get rows instead of steps, so
@@ -84,6 +87,17 @@ class Job:
         return self.with_attention == other.with_attention and self.translator.decode == other.translator.decode
 
 
+@dataclass
+class _LastSearch:
+    """A worker's last search: when it ended, how long it took, how many requests it answered, and how many
+    requests had arrived in all by its end."""
+
+    ended: float = 0.0
+    seconds: float = 0.0
+    requests: int = 0
+    arrived_before: int = 0
+
+
 class Batcher:
     """The worker thread of one model: `submit` queues a request's encoded sentences and returns a future of
     their translations (`translate_encoded`'s result for those sentences, in their order)."""
@@ -94,11 +108,9 @@ class Batcher:
         self._queued_sentences = 0
         self._cond = threading.Condition()
         self._stopping = False
-        self._free_since = 0.0  # when the last search ended (time.monotonic)
-        self._last_search = 0.0  # how long it took, in seconds
-        self._last_requests = 0  # how many requests it answered
-        self._arrived = 0  # requests queued since it ended
-        self._thread = threading.Thread(target=self._run, name=f"nmt-serve-{name}", daemon=True)
+        self._arrived = 0  # requests queued since start-up
+        self._threads = [threading.Thread(target=self._run, name=f"nmt-serve-{name}-{k}", daemon=True)
+                         for k in range(limits.searches)]
 
     @property
     def queued_sentences(self) -> int:
@@ -106,15 +118,17 @@ class Batcher:
             return self._queued_sentences
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Take no new request, translate the queued ones, then end the worker."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout)
 
     def submit(self, translator: Translator, sources: list[Source], with_attention: bool,
                targets: list[Target | None] | None = None) -> Future[Result]:
@@ -144,14 +158,15 @@ class Batcher:
     # ------------------------------------------------------------------------------------------- the worker
 
     def _run(self) -> None:
-        while (jobs := self._take()) is not None:
+        last = _LastSearch()  # this worker's own: each waits for the clients of its own last search
+        while (jobs := self._take(last)) is not None:
             start = time.monotonic()
             self._translate([job for job in jobs if job.future.set_running_or_notify_cancel()])
             with self._cond:
-                self._free_since = time.monotonic()
-                self._last_search, self._last_requests, self._arrived = self._free_since - start, len(jobs), 0
+                last.ended = time.monotonic()
+                last.seconds, last.requests, last.arrived_before = last.ended - start, len(jobs), self._arrived
 
-    def _take(self) -> list[Job] | None:
+    def _take(self, last: _LastSearch) -> list[Job] | None:
         """Wait for the next search's requests; None once stopping with nothing queued."""
         with self._cond:
             while True:
@@ -161,20 +176,20 @@ class Batcher:
                     self._cond.wait()
                     continue
                 group, full = self._group()
-                wait = self._deadline() - time.monotonic()
+                wait = self._deadline(last) - time.monotonic()
                 if full or wait <= 0 or self._stopping:
-                    for job in group:
-                        self._queue.remove(job)
+                    taken = set(map(id, group))
+                    self._queue = deque(job for job in self._queue if id(job) not in taken)
                     self._set_queued(self._queued_sentences - sum(len(job.sources) for job in group))
                     return group
                 self._cond.wait(wait)
 
-    def _deadline(self) -> float:
+    def _deadline(self, last: _LastSearch) -> float:
         """When to stop waiting for more requests (see the module docstring), on time.monotonic's clock."""
-        first = max(self._queue[0].enqueued, self._free_since) + self.limits.max_wait
-        if self._arrived >= self._last_requests or self.limits.max_wait == 0:  # 0: never wait for company
+        first = max(self._queue[0].enqueued, last.ended) + self.limits.max_wait
+        if self._arrived - last.arrived_before >= last.requests or self.limits.max_wait == 0:  # 0: never wait
             return first
-        return max(first, self._free_since + self._last_search / 10)  # its clients are coming back
+        return max(first, last.ended + last.seconds / 10)  # its clients are coming back
 
     def _group(self) -> tuple[list[Job], bool]:
         """The oldest request and the queued ones that may share its search, in queue order, within the

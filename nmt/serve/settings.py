@@ -15,6 +15,7 @@ class BatchLimits:
     max_batch_requests: int = 0  # requests one search takes; 0: no limit (1 turns batching off)
     max_wait: float = 0.005  # seconds the oldest request waits for others to join its search
     max_queue: int = 4096  # sentences waiting; more are refused
+    searches: int = 1  # searches of one model at a time, each in a worker thread of its own
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class ServeSettings:
             raise NMTError(f"--port must be between 0 and 65535, got {self.port}")
         positive = {"--max-batch-tokens": self.limits.max_batch_tokens,
                     "--max-queue": self.limits.max_queue, "--max-sentences": self.max_sentences,
+                    "--searches": self.limits.searches,
                     "--max-body-bytes": self.max_body_bytes, "--max-connections": self.max_connections}
         for option, value in positive.items():
             if value < 1:
