@@ -161,6 +161,38 @@ class Ensemble:
         if self.column_mask is not None:
             self.column_mask = self.column_mask.index_select(0, alive)
 
+    def trim_source(self) -> None:
+        """Cut the source dimension to the longest source still held: in a search that sentences join and leave
+        (`nmt.stream`), the padding of one long sentence would otherwise cost attention work at every step after
+        it has left. Padded positions are masked, so no result changes."""
+        longest = int(self.src_mask.sum(1).max())
+        if longest >= self.src_mask.size(1):
+            return
+        self.encs = [EncoderOutput(e.states[:, :longest].contiguous(), e.mask[:, :longest].contiguous(), e.final)
+                     for e in self.encs]
+        self.keys = [None if k is None else k[:, :longest].contiguous() for k in self.keys]
+        self.states = [s if s.coverage is None else replace(s, coverage=s.coverage[:, :longest].contiguous())
+                       for s in self.states]
+
+    def absorb(self, other: Ensemble) -> None:
+        """After `expand` on both: append `other`'s sentences (encoded apart, the same models) after this one's,
+        the source dimension padded to the longer of the two (padded positions are masked, so a sentence's
+        result does not change). How `nmt.stream` lets sentences join a search between its steps."""
+        if self.column_mask is not None or other.column_mask is not None:
+            raise ValueError("a search with a shortlist cannot take sentences in between its steps")
+        if other.rows_per_sentence != self.rows_per_sentence:
+            raise ValueError("both ensembles must hold as many rows per sentence")
+        src_len = max(self.src_mask.size(1), other.src_mask.size(1))
+        self.encs = [EncoderOutput(_cat_padded(a.states, b.states, src_len), _cat_padded(a.mask, b.mask, src_len),
+                                   torch.cat([a.final, b.final])) for a, b in zip(self.encs, other.encs)]
+        self.keys = [None if a is None else _cat_padded(a, b, src_len) for a, b in zip(self.keys, other.keys)]
+        self.states = [DecoderState(torch.cat([a.hidden, b.hidden], 1),
+                                    None if a.cell is None else torch.cat([a.cell, b.cell], 1),
+                                    None if a.feed is None else torch.cat([a.feed, b.feed]),
+                                    None if a.coverage is None else _cat_padded(a.coverage, b.coverage, src_len),
+                                    None if a.context is None else torch.cat([a.context, b.context]))
+                       for a, b in zip(self.states, other.states)]
+
     def reorder(self, rows: torch.Tensor, encoder: bool) -> None:
         """Keep (and repeat) the rows `rows`. With an encoder per row, `encoder=True` moves it along (rows move
         between sentences); within sentences, or with an encoder per sentence, only the states move."""
@@ -170,6 +202,13 @@ class Ensemble:
             self.keys = [None if k is None else k.index_select(0, rows) for k in self.keys]
             if self.column_mask is not None:
                 self.column_mask = self.column_mask.index_select(0, rows)
+
+
+def _cat_padded(a: torch.Tensor, b: torch.Tensor, length: int) -> torch.Tensor:
+    """a (n, ...) and b (m, ...) -> (n + m, length, ...), each padded with zeros (False) along dim 1."""
+    pad = lambda t: t if t.size(1) == length else torch.cat(  # noqa: E731
+        [t, t.new_zeros((t.size(0), length - t.size(1), *t.shape[2:]))], 1)
+    return torch.cat([pad(a), pad(b)])
 
 
 def _product_of_experts(logits: list[torch.Tensor]) -> torch.Tensor:

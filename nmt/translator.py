@@ -36,6 +36,7 @@ from nmt.precision import autocast, resolve_device, resolve_dtype
 from nmt.quantize import quantize_decoder
 from nmt.search import Hypothesis, Search
 from nmt.shortlist import Shortlist, load_shortlist
+from nmt.stream import BeamStream, streams
 from nmt.tokens import MAX_LINE_SUBWORDS, with_eos
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,22 @@ class Translator:
         """Every file this translator was read from: its checkpoints and its shortlist."""
         shortlist = [self.shortlist.path] if self.shortlist is not None and self.shortlist.path else []
         return [m.path for m in self.members] + shortlist
+
+    @property
+    def streams(self) -> bool:
+        """Whether sentences may join a running search of these options between its steps (`stream`)."""
+        return streams(self.decode, self.shortlist is not None)
+
+    def stream(self, with_attention: bool = False) -> BeamStream:
+        """A beam search that sentences join and leave between its steps (`nmt.stream`), for a service: each
+        sentence ends as `translate_encoded` would translate it; `finish` turns its hypotheses into translations."""
+        return BeamStream(self.models, self.decode, self.device, self.dtype, with_attention)
+
+    def finish(self, source: Source, hyps: list[Hypothesis]) -> list[Translation]:
+        """A streamed sentence's hypotheses as translations (one SentencePiece call each: a list would start a
+        pool of threads)."""
+        ids = [int(t) for t in source] if source is not None else []
+        return [Translation.of(h, self.tgt_spm.decode(h.tokens), ids) for h in hyps]
 
     @property
     def has_attention(self) -> bool:

@@ -171,6 +171,28 @@ def test_every_dtype_translates_a_sentence_alone_as_inside_a_batch(dtype: torch.
         assert alone[0].score == pytest.approx(hyps[0].score, abs=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.qint8], ids=["fp32", "bf16", "int8"])
+def test_every_dtype_streams_a_sentence_as_it_translates_it_alone(dtype: torch.dtype) -> None:
+    """Sentences that join a running stream (the service's continuous batching) at different steps end as
+    `translate_lines` translates each alone, in every compute dtype; `finish` gives the same texts."""
+    sentences = synthetic_sentences(8, seed=22)
+    translator = Translator([load_trained_model(checkpoint_path())], DecodeConfig(beam=3, max_len_a=1.0, max_len_b=3),
+                            CPU, dtype)
+    sources = translator.encode(sentences)
+    stream, ended, steps = translator.stream(), {}, 0
+    while len(ended) < len(sentences):
+        if steps < 4:  # two sentences join at each of the first four steps
+            stream.admit(sources[2 * steps: 2 * steps + 2], list(range(2 * steps, 2 * steps + 2)))
+        ended.update(stream.step())
+        steps += 1
+    assert stream.live == 0
+    for k, sentence in enumerate(sentences):
+        (alone,) = translator.translate_lines([sentence])
+        (streamed,) = translator.finish(sources[k], ended[k])
+        assert (streamed.tokens, streamed.text, streamed.source) == (alone[0].tokens, alone[0].text, alone[0].source)
+        assert streamed.score == pytest.approx(alone[0].score, abs=1e-4)
+
+
 # ----------------------------------------------------------------------------------------------- constraints, prefixes
 
 
