@@ -5,6 +5,8 @@ test_serve_process.py, the page's in test_serve_page.py."""
 
 from __future__ import annotations
 
+import functools
+
 import json
 import threading
 import time
@@ -244,14 +246,26 @@ class HeldSearch:
         search = served.translator.translate_encoded
 
         def held(*args, **kwargs):
+            if callable(args[0]):  # a stream's step: the search is the first argument
+                search_now, args = args[0], args[1:]
+            else:
+                search_now = search
             self.entered.set()
             assert self.release.wait(WAIT_S)
             try:
-                return search(*args, **kwargs)
+                return search_now(*args, **kwargs)
             finally:
                 self.done.set()
 
         monkeypatch.setattr(served.translator, "translate_encoded", held)
+        make_stream = served.translator.stream
+
+        def held_stream(*args, **kwargs):  # requests that stream are held at their stream's first step
+            stream = make_stream(*args, **kwargs)
+            stream.step = functools.partial(held, stream.step) if not self.entered.is_set() else stream.step
+            return stream
+
+        monkeypatch.setattr(served.translator, "stream", held_stream)
 
 
 def in_thread(function: Callable[[], object]) -> tuple[threading.Thread, list]:
@@ -301,10 +315,13 @@ def test_a_failed_search_is_a_500_and_the_next_request_is_served(checkpoints, re
     with make_client(checkpoints, raise_server_exceptions=False) as client:
         translator = client.app.state.service.models["de-en"].translator
         search = translator.translate_encoded
+        stream = translator.stream
         monkeypatch.setattr(translator, "translate_encoded", lambda *a, **k: 1 / 0)
+        monkeypatch.setattr(translator, "stream", lambda *a, **k: 1 / 0)
         failed = translate(client, text=LINES[0])
         assert failed.status_code == 500 and failed.json()["error"]["status"] == 500
         monkeypatch.setattr(translator, "translate_encoded", search)
+        monkeypatch.setattr(translator, "stream", stream)
         again = translate(client, text=LINES[0])
         assert [t["text"] for t in again.json()["translations"]] == reference()[:1]
 

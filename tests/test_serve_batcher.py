@@ -57,6 +57,8 @@ class FakeTranslator:
     """Stands in for a Translator where only the grouping matters: `decode` decides who may share a search,
     and each search can be held until the test lets it go."""
 
+    streams = False  # every search takes its requests at once (test_stream.py and below test streaming)
+
     def __init__(self, beam: int = 5, hold: threading.Event | None = None, fail: bool = False):
         self.decode = DecodeConfig(beam=beam)
         self.hold, self.fail = hold, fail
@@ -336,3 +338,101 @@ def test_with_two_searches_two_run_at_once_and_every_request_gets_its_own_lines(
     futures = [batcher.submit(translator, translator.encode(line), False) for line in lines]
     for line, future in zip(lines, futures):
         assert [h.tokens for h in future.result(WAIT_S)[0]] == [h.tokens for h in translator.translate_lines(line)[0]]
+
+
+def test_idle_workers_share_the_queued_requests_between_them(batcher_factory) -> None:
+    recorder = Recorder()
+    batcher = batcher_factory(BatchLimits(max_wait=0.3, searches=2), recorder)
+    batcher.start()
+    wait_until(lambda: batcher._idle == 2, "both workers wait")
+    hold = threading.Event()
+    translator = FakeTranslator(hold=hold)
+    futures = [batcher.submit(translator, [[5, 6]], False) for _ in range(7)]  # within max_wait of the first
+    wait_until(lambda: batcher._idle == 0, "both workers search")  # held there: neither comes back for more
+    hold.set()
+    for future in futures:
+        future.result(WAIT_S)
+    assert sorted(recorder.searches) == [(3, 3), (4, 4)]
+
+
+def test_a_worker_whose_sibling_is_busy_takes_the_whole_group(batcher_factory) -> None:
+    recorder = Recorder()
+    hold = threading.Event()
+    blocker = FakeTranslator(beam=99, hold=hold)
+    batcher = batcher_factory(BatchLimits(max_wait=0.3, searches=2), recorder)
+    batcher.start()
+    held = batcher.submit(blocker, [[5]], False)
+    assert blocker.entered.wait(WAIT_S)
+    translator = FakeTranslator()
+    futures = [batcher.submit(translator, [[5, 6]], False) for _ in range(7)]
+    for future in futures:
+        future.result(WAIT_S)
+    hold.set()
+    held.result(WAIT_S)
+    assert recorder.searches == [(7, 7), (1, 1)]
+
+
+def hold_first_step(translator: Translator, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event,
+                                                                                      threading.Event]:
+    """The translator's next stream stops before its first step until `release` is set; `entered` tells it is
+    there."""
+    entered, release = threading.Event(), threading.Event()
+    make = translator.stream
+
+    def stream(*args, **kwargs):
+        made = make(*args, **kwargs)
+        step = made.step
+
+        def held_step():
+            entered.set()
+            assert release.wait(WAIT_S)
+            return step()
+
+        made.step = held_step
+        return made
+
+    monkeypatch.setattr(translator, "stream", stream)
+    return entered, release
+
+
+def test_requests_join_a_running_stream_and_get_what_they_get_alone(batcher_factory, monkeypatch) -> None:
+    recorder = Recorder()
+    translator = real_translator(beam=3)
+    entered, release = hold_first_step(translator, monkeypatch)
+    batcher = batcher_factory(BatchLimits(max_wait=0.0), recorder)
+    batcher.start()
+    lines = [[line] for line in POOL]
+    first = batcher.submit(translator, translator.encode(lines[0]), False)
+    assert entered.wait(WAIT_S)
+    joining = [batcher.submit(translator, translator.encode(line), False) for line in lines[5:]]
+    apart = [batcher.submit(translator, translator.encode(line), True) for line in lines[1:5]]
+    release.set()
+    futures = [first, *apart, *joining]
+    for k, (line, future) in enumerate(zip(lines, futures)):
+        attention = 1 <= k < 5
+        got, alone = future.result(WAIT_S)[0], translator.translate_lines(line, with_attention=attention)[0]
+        assert [h.tokens for h in got] == [h.tokens for h in alone] and got[0].text == alone[0].text
+        assert got[0].score == pytest.approx(alone[0].score, abs=1e-5)
+    # Those with the first one's options joined its stream after its first step, in one more round; the requests
+    # that want attention ran in a stream of their own after it ended.
+    assert recorder.searches == [(1, 1), (len(lines) - 5, len(lines) - 5), (4, 4)]
+
+
+def test_a_queued_request_that_cannot_join_stops_the_ones_behind_it_from_joining(batcher_factory,
+                                                                                 monkeypatch) -> None:
+    recorder = Recorder()
+    first, other = real_translator(beam=3), real_translator(beam=2)
+    entered, release = hold_first_step(first, monkeypatch)
+    batcher = batcher_factory(BatchLimits(max_wait=0.0), recorder)
+    batcher.start()
+    a = batcher.submit(first, first.encode([POOL[0]]), False)
+    assert entered.wait(WAIT_S)
+    b = batcher.submit(other, other.encode([POOL[1]]), False)
+    c = batcher.submit(first, first.encode([POOL[2]]), False)  # could join a's stream, but b came first
+    answered: list[str] = []
+    for name, future in zip("abc", (a, b, c)):
+        future.add_done_callback(lambda _, name=name: answered.append(name))
+    release.set()
+    for future in (a, b, c):
+        future.result(WAIT_S)
+    assert answered == ["a", "b", "c"]  # c did not join a's stream: it waited for b's turn

@@ -1,5 +1,7 @@
 """The service's figures in Prometheus' text format (GET /metrics): requests by endpoint and status, request
-latency, sentences translated, sentences and requests per search, and the queue's length.
+latency, sentences translated, sentences and requests per search, and the queue's length. In a stream
+(`nmt.serve.batcher`) a "search" is one joining: the requests that joined at once, and the decoder steps until the
+next ones joined.
 
 Each app has a registry of its own (not prometheus_client's global one), so that several apps in one process,
 as in the tests, count apart. Labels take only values the server chose (the route, a served model's name),
@@ -32,11 +34,12 @@ class Metrics:
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=reg)
         self.in_progress = Gauge("nmt_requests_in_progress", "HTTP requests being answered", registry=reg)
         self.sentences = Counter("nmt_sentences", "Sentences translated", ["model"], registry=reg)
-        self.batch_sentences = Histogram("nmt_batch_sentences", "Sentences per search", ["model"],
-                                         buckets=SIZE_BUCKETS, registry=reg)
-        self.batch_requests = Histogram("nmt_batch_requests", "Requests per search", ["model"],
+        self.batch_sentences = Histogram("nmt_batch_sentences", "Sentences per search (a stream: per joining)",
+                                         ["model"], buckets=SIZE_BUCKETS, registry=reg)
+        self.batch_requests = Histogram("nmt_batch_requests", "Requests per search (a stream: per joining)", ["model"],
                                         buckets=SIZE_BUCKETS, registry=reg)
-        self.search_seconds = Histogram("nmt_search_seconds", "Time of one search", ["model"],
+        self.search_seconds = Histogram("nmt_search_seconds",
+                                        "Time of one search (a stream: its steps until the next joining)", ["model"],
                                         buckets=LATENCY_BUCKETS, registry=reg)
         self.queue = Gauge("nmt_queue_sentences", "Sentences waiting for a search", ["model"], registry=reg)
 
