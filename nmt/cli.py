@@ -145,10 +145,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from nmt.serve.server import serve
     from nmt.serve.settings import BatchLimits, ServeSettings
 
+    from nmt.precision import resolve_device
+
     threads = args.threads or torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // args.searches))  # each search its share of the threads
+    # auto: two searches on a CPU, one thread each (32 clients on the demo model, AVX2-only: 49.4 sentences/s
+    # against 37.8 for one search on two threads; docs/BENCHMARKS.md); a GPU runs one search at a time.
+    searches = args.searches or (2 if resolve_device(args.device).type == "cpu" and threads >= 2 else 1)
+    torch.set_num_threads(max(1, threads // searches))  # each search its share of the threads
     limits = BatchLimits(args.max_batch_tokens, args.max_batch_requests, args.max_wait_ms / 1000, args.max_queue,
-                         args.searches)
+                         searches)
     settings = ServeSettings(
         args.host, args.port, limits, args.max_sentences, args.max_body_bytes, args.timeout,
         args.api_key or os.environ.get("NMT_API_KEY") or None, tuple(args.cors_origin), args.max_connections,
@@ -217,9 +222,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-ms", type=float, default=limits.max_wait * 1000,
                    help="how long a request waits for others to share its search (default: "
                    f"{limits.max_wait * 1000:g}; 0: never)")
-    p.add_argument("--searches", type=_count(1), default=limits.searches,
-                   help="searches of one model at a time, the CPU threads shared among them: on a CPU, 2 keep "
-                   f"both halves of the machine busy under many clients (default: {limits.searches})")
+    p.add_argument("--searches", type=_count(0), default=0,
+                   help="searches of one model at a time, the CPU threads shared among them (default: 0, auto: 2 "
+                   "on a CPU with 2 threads or more, else 1)")
     p.add_argument("--max-queue", type=_count(1), default=limits.max_queue,
                    help=f"sentences waiting per model; a request beyond them gets 503 (default: {limits.max_queue})")
     p.add_argument("--max-sentences", type=_count(1), default=defaults.max_sentences,

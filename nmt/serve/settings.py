@@ -15,7 +15,7 @@ class BatchLimits:
     max_batch_requests: int = 0  # requests one search takes; 0: no limit (1 turns batching off)
     max_wait: float = 0.005  # seconds the oldest request waits for others to join its search
     max_queue: int = 4096  # sentences waiting; more are refused
-    searches: int = 1  # searches of one model at a time, each in a worker thread of its own
+    searches: int = 1  # searches of one model at a time, each in a worker thread of its own (`nmt serve`: 2 on a CPU)
 
 
 @dataclass(frozen=True)
