@@ -12,9 +12,15 @@ against `nmt translate`'s line for that sentence: a difference counts as an erro
 counted); servers listen on 127.0.0.1 only, port chosen by the system, and are stopped with SIGTERM, which
 must end them with exit code 0.
 
-The no-batching server is the same command with `--max-wait-ms 0 --max-batch-requests 1`: one request per
-search. Prints one row per server and level (sentences/s, p50/p95/p99 latency, errors), then the ratios the
-acceptance asks for, and the CPU kind; `--json PATH` keeps the figures.
+Two servers without batching: `no batching` is the same command with `--searches 1 --max-wait-ms 0
+--max-batch-requests 1`, one request at a time (as a server with a lock per model, OpenNMT-py's, runs); `no
+batching x2` has `--searches 2`, two requests at a time, one each, on a thread each. `nmt translate` runs once
+first (its lines are the reference every answer is checked against) and again just before each batching level,
+whose ratio to the file is taken against that run: the machine's speed drifts over minutes.
+
+Prints one row per server and level (sentences/s, p50/p95/p99 latency, errors, and from the server's /metrics
+the sentences per search and `searching`: seconds of search per second, up to the number of searches running at
+once), then the ratios the acceptance asks for, and the CPU kind; `--json PATH` keeps the figures.
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ import numpy as np
 NMT = [sys.executable, "-m", "nmt"]
 READY = re.compile(r"serving .* on (http://[\d.]+:(\d+))")
 SPEED = re.compile(r"translated (\d+) sentences in ([\d.]+)s: ([\d.]+) sentences/s")
-MODES = {"batching": [], "no batching": ["--max-wait-ms", "0", "--max-batch-requests", "1"]}
+NO_BATCHING = ["--max-wait-ms", "0", "--max-batch-requests", "1"]
+MODES = {"batching": [], "no batching": ["--searches", "1", *NO_BATCHING], "no batching x2": ["--searches", "2",
+                                                                                             *NO_BATCHING]}
 
 
 @dataclass
@@ -50,6 +58,8 @@ class Level:
     latencies: list[float] = field(default_factory=list, repr=False)
     first_error: str = ""
     sentences_per_search: float = float("nan")  # from the server's /metrics
+    searching: float = float("nan")  # seconds of search per second of the level (up to `--searches`)
+    file_rate: float = float("nan")  # with batching: `nmt translate`'s sentences/s measured just before the level
 
     @property
     def sentences_per_second(self) -> float:
@@ -62,7 +72,9 @@ class Level:
         return {"mode": self.mode, "clients": self.clients, "requests": self.requests, "errors": self.errors,
                 "seconds": round(self.seconds, 2), "sentences_per_s": round(self.sentences_per_second, 2),
                 **{f"p{q}_ms": round(self.percentile(q), 1) for q in (50, 95, 99)},
-                "sentences_per_search": round(self.sentences_per_search, 2), "first_error": self.first_error}
+                "sentences_per_search": round(self.sentences_per_search, 2), "searching": round(self.searching, 2),
+                "file_sentences_per_s": None if np.isnan(self.file_rate) else self.file_rate,
+                "first_error": self.first_error}
 
 
 # ----------------------------------------------------------------------------------------------- the client
@@ -114,15 +126,16 @@ async def _run_level(level: Level, port: int, sentences: list[str], references: 
     level.seconds = time.perf_counter() - start
 
 
-def search_totals(port: int) -> tuple[float, float]:
-    """(sentences, searches) so far, from the server's nmt_batch_sentences histogram."""
+def search_totals(port: int) -> tuple[float, float, float]:
+    """(sentences, searches, seconds of search) so far, from the server's histograms."""
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
         text = response.read().decode()
     total = {name: sum(float(v) for v in re.findall(rf"^nmt_batch_sentences_{name}{{[^}}]*}} (\S+)$", text, re.M))
              for name in ("sum", "count")}
-    return total["sum"], total["count"]
+    seconds = sum(float(v) for v in re.findall(r"^nmt_search_seconds_sum{[^}]*} (\S+)$", text, re.M))
+    return total["sum"], total["count"], seconds
 
 
 # ----------------------------------------------------------------------------------------------- processes
@@ -178,25 +191,30 @@ def read_sentences(args: argparse.Namespace) -> list[str]:
 
 def report(levels: list[Level], file_rate: float, cpu: str) -> dict:
     print(f"\nCPU: {cpu}")
-    print(f"nmt translate (file, same sentences): {file_rate:.2f} sentences/s\n")
-    print(f"{'server':<12} {'clients':>7} {'requests':>8} {'errors':>6} {'sent/s':>8} {'p50 ms':>8} "
-          f"{'p95 ms':>8} {'p99 ms':>8} {'sent/search':>11}")
+    print(f"nmt translate (file, same sentences), first run: {file_rate:.2f} sentences/s\n")
+    print(f"{'server':<14} {'clients':>7} {'requests':>8} {'errors':>6} {'sent/s':>8} {'p50 ms':>8} "
+          f"{'p95 ms':>8} {'p99 ms':>8} {'sent/search':>11} {'searching':>9} {'file sent/s':>11}")
     for level in levels:
         s = level.summary()
-        print(f"{s['mode']:<12} {s['clients']:>7} {s['requests']:>8} {s['errors']:>6} {s['sentences_per_s']:>8.2f} "
-              f"{s['p50_ms']:>8.1f} {s['p95_ms']:>8.1f} {s['p99_ms']:>8.1f} {s['sentences_per_search']:>11.1f}")
+        file_rate = "" if s["file_sentences_per_s"] is None else f"{s['file_sentences_per_s']:.2f}"
+        print(f"{s['mode']:<14} {s['clients']:>7} {s['requests']:>8} {s['errors']:>6} {s['sentences_per_s']:>8.2f} "
+              f"{s['p50_ms']:>8.1f} {s['p95_ms']:>8.1f} {s['p99_ms']:>8.1f} {s['sentences_per_search']:>11.1f} "
+              f"{s['searching']:>9.2f} {file_rate:>11}")
     ratios = {}
     by = {(lv.mode, lv.clients): lv for lv in levels}
     print()
     for clients in sorted({lv.clients for lv in levels}):
-        on, off = by.get(("batching", clients)), by.get(("no batching", clients))
+        on = by.get(("batching", clients))
         if on is None:
             continue
-        vs_file = on.sentences_per_second / file_rate
-        vs_off = on.sentences_per_second / off.sentences_per_second if off and off.sentences_per_second else None
-        ratios[clients] = {"batching_vs_no_batching": vs_off, "batching_vs_file": vs_file}
-        print(f"{clients:>4} clients: batching / no batching = "
-              f"{'n/a' if vs_off is None else f'{vs_off:.2f}x'}, batching / nmt translate = {vs_file:.0%}")
+        ratios[clients] = {"batching_vs_file": on.sentences_per_second / on.file_rate}
+        line = f"{clients:>4} clients:"
+        for mode, key in (("no batching", "batching_vs_no_batching"), ("no batching x2", "batching_vs_no_batching_x2")):
+            off = by.get((mode, clients))
+            if off is not None and off.sentences_per_second:
+                ratios[clients][key] = on.sentences_per_second / off.sentences_per_second
+                line += f" batching / {mode} = {ratios[clients][key]:.2f}x,"
+        print(f"{line} batching / nmt translate = {ratios[clients]['batching_vs_file']:.0%}")
     for level in levels:
         if level.errors:
             print(f"errors with {level.mode}, {level.clients} clients: first: {level.first_error}")
@@ -242,10 +260,14 @@ def main() -> int:
                 asyncio.run(_run_level(Level(mode, 1), port, sentences[:2], references[:2], 60, 2))  # warm-up
                 for clients in args.levels:
                     level = Level(mode, clients)
+                    if mode == "batching":  # the machine's speed drifts over minutes: the file's rate beside each level
+                        level.file_rate = file_reference(args.checkpoint, source, Path(tmp) / "again.txt",
+                                                         args.threads)[1]
                     before = search_totals(port)
                     asyncio.run(_run_level(level, port, sentences, references, args.seconds, args.max_requests))
                     after = search_totals(port)
                     level.sentences_per_search = (after[0] - before[0]) / max(after[1] - before[1], 1)
+                    level.searching = (after[2] - before[2]) / max(level.seconds, 1e-9)
                     levels.append(level)
                     print(json.dumps(level.summary()), flush=True)
             finally:
