@@ -93,7 +93,8 @@ class BeamStream(Generic[Tag]):
         limits = max_lengths(src_lengths, self.decode.max_len_a, self.decode.max_len_b, self.decode.min_len)
         self.sentences += [_Sentence(tag, int(n), int(m)) for tag, n, m in zip(tags, src_lengths, limits)]
         self.tokens += [[] for _ in range(len(sources) * self.k)]
-        self.attention += [[] for _ in range(len(sources) * self.k)]
+        if self.with_attention:
+            self.attention += [[] for _ in range(len(sources) * self.k)]
 
     def step(self) -> list[tuple[Tag, list[Hypothesis]]]:
         """One decoder step for every live sentence; the sentences done at it leave."""

@@ -273,24 +273,24 @@ class Batcher:
     def _stream(self, worker: int, jobs: list[Job]) -> None:
         """Run one stream (nmt.stream) from `jobs` until no sentence is left in it: after each decoder step the
         requests whose sentences have all ended are answered, and queued requests with the same options join."""
-        taken = list(jobs)  # every request this stream took, to fail them all if it fails
+        unanswered = set(jobs)  # the stream's requests not answered yet (it may run for hours under steady load)
         try:
-            self._run_stream(worker, taken)
+            self._run_stream(worker, jobs, unanswered)
         except Exception as err:  # the worker must outlive a failed search; each caller gets the error
             log.exception("%s: a streamed search failed", self.name)
-            for job in taken:
+            for job in unanswered:
                 if not job.future.done():
                     job.future.set_exception(err)
         finally:
             with self._cond:
                 self._live[worker] = 0
 
-    def _run_stream(self, worker: int, taken: list[Job]) -> None:
-        first = taken[0]
+    def _run_stream(self, worker: int, jobs: list[Job], unanswered: set[Job]) -> None:
+        first = jobs[0]
         translator = first.translator
         stream = translator.stream(first.with_attention)
         flights: list[_InFlight] = []
-        round_ = self._admit(stream, taken, flights)
+        round_ = self._admit(stream, jobs, flights)
         waited = 0  # steps since sentences last joined
         while stream.live:
             start = time.perf_counter()
@@ -302,13 +302,15 @@ class Batcher:
                 if flight.left == 0:
                     flight.job.future.set_result(flight.results)
                     flights.remove(flight)
+                    unanswered.discard(flight.job)
             waited += 1
             joining = self._joining(worker, first, flights, stream.live, waited)
             if joining:
                 waited = 0
-                taken += joining
+                unanswered.update(joining)
                 self._report(round_)
                 round_ = self._admit(stream, joining, flights)
+                unanswered.difference_update([job for job in joining if job.future.done()])  # empty lines only
         self._report(round_)
 
     def _admit(self, stream: BeamStream, jobs: list[Job], flights: list[_InFlight]) -> _Round:
