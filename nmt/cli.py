@@ -216,9 +216,11 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    "machine only)")
     p.add_argument("--port", type=int, default=defaults.port, help=f"port (default: {defaults.port}; 0: a free one)")
     p.add_argument("--max-batch-tokens", type=_count(1), default=limits.max_batch_tokens,
-                   help=f"source tokens of the requests one search takes (default: {limits.max_batch_tokens})")
+                   help="source tokens of the requests one search takes, or a stream holds at a time (default: "
+                   f"{limits.max_batch_tokens})")
     p.add_argument("--max-batch-requests", type=_count(0), default=limits.max_batch_requests,
-                   help="requests one search takes (default 0: no limit; 1 turns batching off)")
+                   help="requests one search takes, or a stream holds at a time (default 0: no limit; 1 turns "
+                   "batching off)")
     p.add_argument("--max-wait-ms", type=float, default=limits.max_wait * 1000,
                    help="how long a request waits for others to share its search (default: "
                    f"{limits.max_wait * 1000:g}; 0: never)")

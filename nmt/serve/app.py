@@ -58,8 +58,8 @@ def create_app(service: Service, metrics: Metrics | None = None, ready_message: 
             service.stop()
 
     app = FastAPI(title="nmt", version=nmt.__version__, lifespan=lifespan,
-                  description="Recurrent neural machine translation; requests that arrive together are "
-                  "translated in one batched search.")
+                  description="Recurrent neural machine translation; concurrent requests share their searches "
+                  "(with beam search, a request's sentences join the running search at its next step).")
     app.state.service, app.state.metrics = service, metrics
     _add_routes(app, service, metrics)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
