@@ -75,3 +75,24 @@ def test_real_process_user_error_is_one_line_on_stderr(tmp_path: Path):
 def test_real_process_help(tmp_path: Path):
     done = _run_module("--help", cwd=tmp_path)
     assert done.returncode == 0 and "prepare" in done.stdout and done.stderr == ""
+
+
+@pytest.mark.parametrize("threads, searches, expected", [(2, None, 2), (1, None, 1), (4, None, 2), (2, 1, 1),
+                                                         (4, 3, 3)])
+def test_serve_runs_two_searches_on_a_cpu_with_two_threads_unless_told(monkeypatch: pytest.MonkeyPatch, threads: int,
+                                                                      searches: int | None, expected: int) -> None:
+    import torch
+
+    import nmt.serve.server
+
+    seen = {}
+    monkeypatch.setattr(nmt.serve.server, "serve", lambda checkpoints, settings, *rest: seen.update(settings=settings))
+    before = torch.get_num_threads()
+    try:
+        args = build_parser().parse_args(["serve", "-c", "model.pt", "--device", "cpu", "--threads", str(threads),
+                                          *(["--searches", str(searches)] if searches else [])])
+        args.func(args)
+        assert seen["settings"].limits.searches == expected
+        assert torch.get_num_threads() == max(1, threads // expected)  # the threads split among the searches
+    finally:
+        torch.set_num_threads(before)
