@@ -142,14 +142,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import torch
 
     from nmt.glossary import Glossary
+    from nmt.precision import resolve_device
     from nmt.serve.server import serve
     from nmt.serve.settings import BatchLimits, ServeSettings
 
-    from nmt.precision import resolve_device
-
     threads = args.threads or torch.get_num_threads()
-    # auto: two searches on a CPU, one thread each (32 clients on the demo model, AVX2-only: 49.4 sentences/s
-    # against 37.8 for one search on two threads; docs/BENCHMARKS.md); a GPU runs one search at a time.
+    # auto: two searches on a CPU, one thread each (32 clients on the demo model, AVX2-only CPU: 45.6 and 43.8
+    # sentences/s against 38.4 and 37.8 for one search on two threads; docs/BENCHMARKS.md); a GPU runs one.
     searches = args.searches or (2 if resolve_device(args.device).type == "cpu" and threads >= 2 else 1)
     torch.set_num_threads(max(1, threads // searches))  # each search its share of the threads
     limits = BatchLimits(args.max_batch_tokens, args.max_batch_requests, args.max_wait_ms / 1000, args.max_queue,

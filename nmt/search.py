@@ -90,17 +90,31 @@ def coverage_term(coverage: torch.Tensor, src_mask: torch.Tensor, beta: float) -
     return beta * logs.sum(-1)
 
 
-def _restrict(log_probs: torch.Tensor, step: int, min_len: int, row_max_len: torch.Tensor, eos: int = EOS,
-              banned: tuple[int, ...] = (PAD, BOS)) -> torch.Tensor:
+def ranking_scores(log_probs: torch.Tensor, lengths: torch.Tensor, decode: DecodeConfig,
+                   coverage: torch.Tensor | None, src_mask: torch.Tensor) -> torch.Tensor:
+    """Finished hypotheses' model scores (n,), lengths (n,) with EOS, coverage and source mask (n, src_len) ->
+    their ranking scores (n,) float64: `log_prob / lp(length) + cp` (the module docstring)."""
+    scores = log_probs.double() / length_divisor(lengths, decode.length_penalty, decode.alpha)
+    if decode.coverage_penalty and coverage is not None:
+        scores = scores + coverage_term(coverage, src_mask, decode.coverage_penalty)
+    return scores
+
+
+def _restrict(log_probs: torch.Tensor, step: int | torch.Tensor, min_len: int, row_max_len: torch.Tensor,
+              eos: int = EOS, banned: tuple[int, ...] = (PAD, BOS)) -> torch.Tensor:
     """Forbid PAD and BOS always, EOS before `min_len`, everything but EOS from a row's maximum length on.
 
-    log_probs: (rows, columns) log-probabilities or logits, changed in place; row_max_len: (rows,); `eos` and
-    `banned` are column indices (a shortlist's columns are not token ids, and leave PAD and BOS out).
+    log_probs: (rows, columns) log-probabilities or logits, changed in place; step: every row's, or (rows,) each
+    row's own (`nmt.stream`: sentences start at different steps); row_max_len: (rows,); `eos` and `banned` are
+    column indices (a shortlist's columns are not token ids, and leave PAD and BOS out).
     """
     for column in banned:
         log_probs[:, column] = -math.inf
-    if step < min_len:
-        log_probs[:, eos] = -math.inf
+    if isinstance(step, int):
+        if step < min_len:
+            log_probs[:, eos] = -math.inf
+    elif min_len > 0:
+        log_probs[(step < min_len).nonzero().squeeze(1), eos] = -math.inf
     forced = step >= row_max_len  # (rows,)
     if bool(forced.any()):  # most steps force no row: spare them a pass over (rows, vocab)
         rows = forced.nonzero().squeeze(1)
@@ -116,7 +130,7 @@ class _Finisher:
     def __init__(self, batch: int, src_lengths: torch.Tensor, decode: DecodeConfig, with_attention: bool):
         self.hyps: list[list[Hypothesis]] = [[] for _ in range(batch)]
         self.src_lengths = src_lengths.tolist()
-        self.alpha, self.kind, self.beta = decode.alpha, decode.length_penalty, decode.coverage_penalty
+        self.decode = decode
         self.with_attention = with_attention
 
     def add(self, sentences: torch.Tensor, log_probs: torch.Tensor, tokens: torch.Tensor,
@@ -124,9 +138,7 @@ class _Finisher:
         """sentences: (n,) original indices; log_probs: (n,); tokens: (n, t) without EOS; coverage and
         src_mask: (n, src_len); attention: (n, t + 1, src_len)."""
         lengths = torch.full_like(log_probs, tokens.size(1) + 1, dtype=torch.long)
-        scores = log_probs.double() / length_divisor(lengths, self.kind, self.alpha)
-        if self.beta and coverage is not None:
-            scores = scores + coverage_term(coverage, src_mask, self.beta)
+        scores = ranking_scores(log_probs, lengths, self.decode, coverage, src_mask)
         attention = attention.cpu() if self.with_attention and attention is not None else None
         for i, (sent, lp, score, toks) in enumerate(zip(sentences.tolist(), log_probs.tolist(), scores.tolist(),
                                                         tokens.tolist())):

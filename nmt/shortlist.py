@@ -113,7 +113,8 @@ def load_shortlist(path: str | os.PathLike, src_spm: Subword, tgt_spm: Subword) 
         raise NMTError(f"{path}: {path.stat().st_size} bytes, more than a shortlist of {MAX_SHORTLIST_BYTES} "
                        "bytes may have")
     try:
-        unpacked = sum(member.file_size for member in zipfile.ZipFile(path).infolist())
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(member.file_size for member in archive.infolist())
     except (OSError, zipfile.BadZipFile) as err:
         raise NMTError(f"{path}: not a shortlist written by nmt shortlist ({str(err)[:200]})") from None
     if unpacked > MAX_SHORTLIST_BYTES:  # compressed members could inflate far beyond the file's own size

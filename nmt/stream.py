@@ -29,7 +29,7 @@ from nmt.config import DecodeConfig
 from nmt.data.collate import pad_sources
 from nmt.ensemble import Ensemble, SearchStats
 from nmt.precision import autocast
-from nmt.search import Hypothesis, _candidates, _survivors, coverage_term, length_divisor, max_lengths
+from nmt.search import Hypothesis, _candidates, _restrict, _survivors, max_lengths, ranking_scores
 from nmt.tokens import BOS, EOS
 
 Tag = TypeVar("Tag")
@@ -106,7 +106,9 @@ class BeamStream(Generic[Tag]):
     def _step(self, ens: Ensemble) -> list[tuple[Tag, list[Hypothesis]]]:
         k = self.k
         log_probs, attn = ens.step(self.prev)  # (rows, vocab), (rows, src_len)
-        self._restrict(log_probs, ens)
+        steps = torch.tensor([s.step for s in self.sentences], device=self.device).repeat_interleave(k)
+        maxes = torch.tensor([s.max_len for s in self.sentences], device=self.device).repeat_interleave(k)
+        _restrict(log_probs, steps, self.decode.min_len, maxes, ens.eos_column, ens.banned_columns)
         top_scores, candidate_rows, next_columns = _candidates(self.scores, log_probs, k)  # (live, 2k) each
         next_tokens = ens.to_tokens(next_columns)
         is_eos = next_tokens == EOS
@@ -139,32 +141,14 @@ class BeamStream(Generic[Tag]):
             sentence.step += 1
         return ended
 
-    def _restrict(self, log_probs: torch.Tensor, ens: Ensemble) -> None:
-        """`nmt.search._restrict` with each sentence at its own step: PAD and BOS never, EOS not before
-        `min_len`, nothing but EOS from a sentence's maximum length on."""
-        for column in ens.banned_columns:
-            log_probs[:, column] = -math.inf
-        eos = ens.eos_column
-        steps = [s.step for s in self.sentences]
-        young = [i for i, step in enumerate(steps) if step < self.decode.min_len]
-        forced = [i for i, (step, s) in enumerate(zip(steps, self.sentences)) if step >= s.max_len]
-        grouped = log_probs.view(len(steps), self.k, -1)  # (live, k, vocab)
-        if young:
-            grouped[young, :, eos] = -math.inf
-        if forced:
-            kept = grouped[forced, :, eos]
-            grouped[forced] = -math.inf
-            grouped[forced, :, eos] = kept
-
     def _finish(self, ens: Ensemble, sentences: list[int], rows: torch.Tensor, log_probs: torch.Tensor,
                 attn: torch.Tensor | None) -> None:
         """The hypotheses at `rows` end with EOS: scored as `nmt.search` scores them, kept with their sentence."""
         row_list = rows.tolist()
         lengths = torch.tensor([len(self.tokens[r]) + 1 for r in row_list], device=log_probs.device)
-        scores = log_probs.double() / length_divisor(lengths, self.decode.length_penalty, self.decode.alpha)
         coverage = ens.coverage()
-        if self.decode.coverage_penalty and coverage is not None:
-            scores = scores + coverage_term(coverage[rows], ens.row_mask(rows), self.decode.coverage_penalty)
+        scores = ranking_scores(log_probs, lengths, self.decode, None if coverage is None else coverage[rows],
+                                ens.row_mask(rows))
         for i, row, lp, score in zip(sentences, row_list, log_probs.tolist(), scores.tolist()):
             sentence = self.sentences[i]
             attention = None

@@ -13,9 +13,9 @@ Two ways to search what is taken:
   each step the requests whose sentences have all ended are answered, and queued requests with the same options
   join it (once they are a quarter of its sentences, or have waited `JOIN_STEPS` steps). A step thus serves
   about as many sentences as there are clients, and nobody waits for another request's longest sentence.
-  Measured with `tools/loadtest.py` on the demo model (AVX2-only CPU, 2 searches, one thread each), against
-  searching each group whole in the same run: 49.4 sentences/s against 39.6 with 32 clients, 28.6 against
-  25.5 with 8, 61.9 against 58.2 with 128 (docs/BENCHMARKS.md).
+  Measured with `tools/loadtest.py` on the demo model (AVX2-only CPU, 2 searches, one thread each), one run
+  each, one after the other, against searching each group whole: 49.4 sentences/s against 39.6 with 32
+  clients, 28.6 against 25.5 with 8, 61.9 against 58.2 with 128 (docs/BENCHMARKS.md).
 - **A batch at once** (everything else: sampling, beam 1, constraints and prefixes, greedy floor, a
   shortlist): one `Translator.translate_encoded` call for the group, each request answered at its end.
 
@@ -340,9 +340,9 @@ class Batcher:
         stream's options, within the token and request budgets; none while another worker holds fewer sentences
         (an idle one takes them itself). The first request that cannot join stops the others, so that the
         stream ends and its turn comes. They join once they are a quarter of the live sentences or have waited
-        `JOIN_STEPS` steps: each joining runs the encoder over the newcomers, which costs about as much for
-        one sentence as for several (6 ms on the demo model, one AVX2 thread: joining at every step took 14%
-        of a stream's time, and its sentences/s rose from 28.8 to 32.2 when they joined every 4 steps)."""
+        `JOIN_STEPS` steps: each joining runs the encoder over the newcomers, 4 ms for one sentence and 7.4 for
+        four (demo model, one thread, AVX2-only CPU), so joining less often costs fewer encoder calls. At 32
+        clients this rule, an eighth or 2 steps, and every step did not differ above the noise (BENCHMARKS)."""
         with self._cond:
             self._live[worker] = live
             if any(n < live for k, n in enumerate(self._live) if k != worker):
