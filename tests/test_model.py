@@ -288,3 +288,20 @@ def test_without_native_bf16_the_encoder_lstm_runs_in_fp32_even_for_one_sentence
         expected = model.encoder(src, lengths)
     assert enc.states.dtype == torch.float32
     torch.testing.assert_close(enc.states, expected.states)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 80])
+def test_the_projection_in_column_blocks_equals_one_product(monkeypatch, rows: int) -> None:
+    """A search's fp32 vocabulary projection on a CPU runs one product per column block (faster for few rows);
+    blocks of 64 columns over a 1,000-word vocabulary (the last block short) give the whole product's logits."""
+    import nmt.model.seq2seq as seq2seq_module
+
+    model = build_model(ModelConfig(emb_dim=16, enc_hidden=8, dec_hidden=16, attention_dim=8), 30, 1000, False).eval()
+    monkeypatch.setattr(seq2seq_module, "_BLOCK_ELEMENTS", 64 * model.output.in_features)
+    projection = seq2seq_module.OutputProjection(model, None)
+    output = torch.randn(rows, model.decoder.output_size)
+    with torch.inference_mode():
+        logits = projection(output, torch.full((rows, 1000), float("nan")))
+        expected = model.output(model.pre_output(output) if model.pre_output is not None else output)
+    assert len(projection._column_blocks()) == 16
+    torch.testing.assert_close(logits, expected)

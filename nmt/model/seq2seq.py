@@ -128,6 +128,9 @@ class Seq2Seq(nn.Module):
         return projection(output, out), state, attention
 
 
+_BLOCK_ELEMENTS = 1 << 17  # a column block of the output weights: 512 KB in fp32, half an L2 cache
+
+
 class OutputProjection:
     """A search's vocabulary projection, prepared once per batch: over every target subword, or over a
     shortlist's columns only (their rows of the output weights picked once, not at every step).
@@ -146,6 +149,7 @@ class OutputProjection:
             self.int8 = layer.int8 if columns is None else layer.subset(columns)
             return
         self.weight, self.bias = layer.weight, layer.bias
+        self._blocks: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None
         self.rounding: torch.dtype | None = None  # under autocast with a shortlist: the dtype operands round to
         if columns is not None:
             self.weight, self.bias = self.weight.index_select(0, columns), self.bias.index_select(0, columns)
@@ -169,7 +173,26 @@ class OutputProjection:
                 return nn.functional.linear(output.to(self.rounding).float(), self.weight, self.bias)
         if out is None or torch.is_autocast_enabled(output.device.type):
             return nn.functional.linear(output, self.weight, self.bias).float()
-        return torch.addmm(self.bias, output, self.weight.t(), out=out)
+        if output.device.type != "cpu" or self.weight.dtype != torch.float32:
+            return torch.addmm(self.bias, output, self.weight.t(), out=out)
+        for start, weight, bias in self._column_blocks():
+            torch.addmm(bias, output, weight, out=out[:, start:start + weight.size(1)])
+        return out
+
+    def _column_blocks(self) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """The transposed output weights cut into contiguous (output_size, ~L2-sized) column blocks, made on
+        the first call (a search that never scores, such as a stream's joining, never copies them).
+
+        On a CPU one product per block is faster than one over the whole vocabulary where a step has few rows,
+        and gives the same bits (each logit is the same dot product). The demo model (8,000 x 256 output,
+        blocks of 512 columns), two 16-sentence streams on one AVX2 thread each: 67.6 sentences/s against 63.2
+        over four alternating rounds (every round faster); the file, 2 threads: 86.0 against 86.7.
+        """
+        if self._blocks is None:
+            columns = max(64, (_BLOCK_ELEMENTS // self.weight.size(1)) // 64 * 64)
+            self._blocks = [(start, self.weight[start:start + columns].t().contiguous(),
+                             self.bias[start:start + columns]) for start in range(0, self.weight.size(0), columns)]
+        return self._blocks
 
 
 def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, joint_vocab: bool) -> Seq2Seq:
