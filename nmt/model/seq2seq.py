@@ -185,8 +185,9 @@ class OutputProjection:
 
         On a CPU one product per block is faster than one over the whole vocabulary where a step has few rows,
         and gives the same bits (each logit is the same dot product). The demo model (8,000 x 256 output,
-        blocks of 512 columns), two 16-sentence streams on one AVX2 thread each: 67.6 sentences/s against 63.2
-        over four alternating rounds (every round faster); the file, 2 threads: 86.0 against 86.7.
+        blocks of 512 columns), two 16-sentence streams on one AVX2 thread each: 79.5 sentences/s against 73.6
+        over four rounds in alternating order, and 67.6 against 63.2 over four more, faster in every round
+        (docs/BENCHMARKS.md).
         """
         if self._blocks is None:
             columns = max(64, (_BLOCK_ELEMENTS // self.weight.size(1)) // 64 * 64)
