@@ -305,3 +305,23 @@ def test_the_projection_in_column_blocks_equals_one_product(monkeypatch, rows: i
         expected = model.output(model.pre_output(output) if model.pre_output is not None else output)
     assert len(projection._column_blocks()) == 16
     torch.testing.assert_close(logits, expected)
+
+
+def test_the_column_blocks_are_kept_between_batches_until_the_weights_change() -> None:
+    """The blocks are cut once per model, not once per batch; an in-place update of the weights (an optimizer
+    step between two validations) makes the next batch cut them again."""
+    from nmt.model.seq2seq import OutputProjection
+
+    model = build_model(ModelConfig(emb_dim=16, enc_hidden=8, dec_hidden=16, attention_dim=8), 30, 1000, False).eval()
+    output = torch.randn(3, model.decoder.output_size)
+    out = torch.empty(3, 1000)
+    with torch.no_grad():
+        first = OutputProjection(model, None)
+        first(output, out)
+        second = OutputProjection(model, None)
+        second(output, out)
+        assert second._column_blocks() is first._column_blocks()
+        model.output.weight.add_(1.0)
+        logits = OutputProjection(model, None)(output, out)
+        expected = model.output(model.pre_output(output) if model.pre_output is not None else output)
+    torch.testing.assert_close(logits, expected)
