@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -75,7 +76,7 @@ class BeamStream(Generic[Tag]):
     def live(self) -> int:
         return len(self.sentences)
 
-    def admit(self, sources: list[list[int]], tags: list[Tag]) -> None:
+    def admit(self, sources: Sequence[Sequence[int] | np.ndarray], tags: list[Tag]) -> None:
         """Sentences (subword ids without EOS, each non-empty) join the search at its next step."""
         src, src_lengths = pad_sources([np.asarray(ids, dtype=np.int64) for ids in sources])
         with torch.inference_mode(), autocast(self.device, self.dtype):

@@ -323,7 +323,7 @@ class Batcher:
                 if ids is None or len(ids) == 0:
                     flight.results[i] = [Translation.of(Hypothesis([], 0.0, 0.0), "", [])]
                 else:
-                    sources.append([int(t) for t in ids])
+                    sources.append(ids)
                     tags.append((flight, i))
                     flight.left += 1
             if flight.left == 0:
