@@ -196,17 +196,20 @@ class OutputProjection:
         """
         if self._blocks is not None:
             return self._blocks
-        # An optimizer's in-place update bumps the version: validation during training cuts them again.
-        key = (self.weight.data_ptr(), self.weight._version)
-        kept = getattr(self._model, "_output_column_blocks", None)
+        # Kept only for the model's own weights (a shortlist's columns, picked for one batch, are inference
+        # tensors without a version). An optimizer's in-place update bumps the version: validation during
+        # training cuts them again.
+        model = self._model if self._model is not None and not self.weight.is_inference() else None
+        key = None if model is None else (self.weight.data_ptr(), self.weight._version)
+        kept = getattr(model, "_output_column_blocks", None)
         if kept is not None and kept[0] == key:
             self._blocks = kept[1]
             return self._blocks
         columns = max(64, (_BLOCK_ELEMENTS // self.weight.size(1)) // 64 * 64)
         self._blocks = [(start, self.weight[start:start + columns].t().contiguous(),
                          self.bias[start:start + columns]) for start in range(0, self.weight.size(0), columns)]
-        if self._model is not None:
-            self._model._output_column_blocks = (key, self._blocks)
+        if model is not None:
+            model._output_column_blocks = (key, self._blocks)
         return self._blocks
 
 
