@@ -9,8 +9,9 @@ sentences as there are clients. (Orca, Yu et al. 2022, schedules a Transformer's
 Every sentence gets exactly what `nmt.search`'s beam search gives it alone: its own step count, length limits,
 candidates and scores are kept per sentence, and a sentence decodes the same in any batch (`nmt.translator`),
 including one whose members come and go. Sentences that join are encoded as a batch of their own and appended
-(`Ensemble.absorb`). The tokens (and attention) of each hypothesis are kept per row, a short list per row: a
-service's searches hold tens of sentences, not the thousands of a file's batch.
+(`Ensemble.absorb`), then all are put in order of source length, which spares attention most of the padding. The
+tokens (and attention) of each hypothesis are kept per row, a short list per row: a service's searches hold tens of
+sentences, not the thousands of a file's batch.
 
 Plain beam search only (beam >= 2, no sampling, constraints, prefixes, greedy floor or shortlist): the
 service sends everything else through `Translator.translate_encoded`.
@@ -96,6 +97,29 @@ class BeamStream(Generic[Tag]):
         self.tokens += [[] for _ in range(len(sources) * self.k)]
         if self.with_attention:
             self.attention += [[] for _ in range(len(sources) * self.k)]
+        self._sort_by_source_length()
+
+    def _sort_by_source_length(self) -> None:
+        """Keep the sentences (and their rows) in order of source length, so that attention's chunks, each as
+        long as its longest source, skip most of the padding (`nmt.model.attention`). In arrival order, the
+        padding was 45% of a 16-sentence stream's attention term (test2016 sentences); the reordering, one
+        copy of the states at each joining, costs far less. A sentence's result does not depend on its row."""
+        lengths = [s.src_len for s in self.sentences]
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        if all(i == j for i, j in enumerate(order)):
+            return
+        assert self.ens is not None
+        sentences = torch.tensor(order, device=self.device)
+        rows = (sentences.unsqueeze(1) * self.k + torch.arange(self.k, device=self.device)).view(-1)
+        with torch.inference_mode():
+            self.ens.keep_sentences(sentences)
+            self.ens.reorder(rows, encoder=False)
+            self.scores, self.prev = self.scores[rows], self.prev[rows]
+        moved = rows.tolist()
+        self.tokens = [self.tokens[r] for r in moved]
+        if self.with_attention:
+            self.attention = [self.attention[r] for r in moved]
+        self.sentences = [self.sentences[i] for i in order]
 
     def step(self) -> list[tuple[Tag, list[Hypothesis]]]:
         """One decoder step for every live sentence; the sentences done at it leave."""

@@ -325,3 +325,39 @@ def test_the_column_blocks_are_kept_between_batches_until_the_weights_change() -
         logits = OutputProjection(model, None)(output, out)
         expected = model.output(model.pre_output(output) if model.pre_output is not None else output)
     torch.testing.assert_close(logits, expected)
+
+
+def test_additive_scores_in_chunks_cut_to_each_chunk_s_length_equal_the_whole_term(monkeypatch) -> None:
+    """Search's additive scores, computed a few sentences at a time and each chunk only as long as its longest
+    source, equal training's one-piece formula at every unmasked position: chunks of at most ~600 elements
+    here, so most hold two or three sentences and a long sentence is a chunk of its own."""
+    import nmt.model.attention as attention_module
+
+    monkeypatch.setattr(attention_module, "_CHUNK_ELEMENTS", 600)
+    torch.manual_seed(0)
+    attention = attention_module.AdditiveAttention(query_size=6, key_size=5, attention_dim=4)
+    lengths = torch.tensor([3, 1, 9, 9, 2, 40, 5, 5, 5, 7])  # arrival order; 40 x beam 3 x dim 4 > 600
+    keys = torch.randn(len(lengths), int(lengths.max()), 5)
+    mask = torch.arange(keys.size(1)) < lengths.unsqueeze(1)
+    query = torch.randn(len(lengths), 3, 6)
+    with torch.no_grad():
+        chunked = attention.scores(query, attention.prepare(keys), mask)
+    with torch.enable_grad():
+        whole = attention.scores(query, attention.prepare(keys), mask)
+    positions = mask.unsqueeze(1).expand_as(whole)
+    torch.testing.assert_close(chunked[positions], whole.detach()[positions], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("lengths", [[], [5], [1, 2, 3, 40, 4], [9, 9, 9, 9, 9, 9, 9], [30, 1, 1, 1, 30, 2]])
+def test_attention_chunks_cover_every_sentence_once_within_the_budget(monkeypatch, lengths: list[int]) -> None:
+    import nmt.model.attention as attention_module
+
+    monkeypatch.setattr(attention_module, "_CHUNK_ELEMENTS", 100)
+    chunks = attention_module._chunks(lengths, per_position=4)
+    assert [i for start, end, _ in chunks for i in range(start, end)] == list(range(len(lengths)))
+    for start, end, length in chunks:
+        assert length == max(lengths[start:end])
+        assert end - start == 1 or (end - start) * length * 4 <= 100
+    # Greedy: a chunk ends only where the next sentence would not fit.
+    for (start, end, length), _ in zip(chunks, chunks[1:]):
+        assert (end + 1 - start) * max(length, lengths[end]) * 4 > 100

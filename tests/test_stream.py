@@ -113,3 +113,23 @@ def test_the_source_padding_of_a_sentence_that_left_is_cut() -> None:
         ended = stream.step()
     assert [tag for tag, _ in ended] == ["long"] and stream.live == 1
     assert stream.ens.src_mask.shape == (1, 3)  # 2 subwords and EOS: attention no longer spans the long one
+
+
+def test_the_sentences_are_kept_in_order_of_source_length_as_they_join_and_leave() -> None:
+    """Attention's chunks skip padding only over sentences of like lengths (nmt.model.attention): a stream
+    keeps its sentences sorted by source length whatever their arrival order, and each still ends with what it
+    gets alone (the joining test above checks every arrival order)."""
+    models = [tiny_model(VOCAB, seed=3)]
+    decode = DecodeConfig(beam=2, max_len_a=1.0, max_len_b=3)
+    stream = BeamStream(models, decode, CPU, torch.float32)
+    arrivals = [[[4, 5, 6, 7, 8, 9], [4], [5, 6, 7]], [[8, 9], [4, 4, 4, 4, 4, 4, 4, 4], [6]]]
+    for group, sentences in enumerate(arrivals):
+        stream.admit(sentences, [(group, i) for i in range(len(sentences))])
+        lengths = [s.src_len for s in stream.sentences]
+        assert lengths == sorted(lengths)
+        assert stream.ens is not None and stream.ens.src_mask.sum(1).tolist() == lengths
+        stream.step()
+    while stream.live:
+        stream.step()
+        lengths = [s.src_len for s in stream.sentences]
+        assert lengths == sorted(lengths)
