@@ -15,8 +15,9 @@ must end them with exit code 0.
 Two servers without batching: `no batching` is the same command with `--searches 1 --max-wait-ms 0
 --max-batch-requests 1`, one request at a time (as a server with a lock per model, OpenNMT-py's, runs); `no
 batching x2` has `--searches 2`, two requests at a time, one each, on a thread each. `nmt translate` runs once
-first (its lines are the reference every answer is checked against) and again just before each batching level,
-whose ratio to the file is taken against that run: the machine's speed drifts over minutes.
+first (its lines are the reference every answer is checked against) and again just before and just after each
+batching level, whose ratio to the file is taken against the mean of those two runs: the machine's speed drifts
+over minutes.
 
 Prints one row per server and level (sentences/s, p50/p95/p99 latency, errors, and from the server's /metrics
 the sentences per search and `searching`: seconds of search per second, up to the number of searches running at
@@ -59,7 +60,12 @@ class Level:
     first_error: str = ""
     sentences_per_search: float = float("nan")  # from the server's /metrics
     searching: float = float("nan")  # seconds of search per second of the level (up to `--searches`)
-    file_rate: float = float("nan")  # with batching: `nmt translate`'s sentences/s measured just before the level
+    file_rates: tuple[float, ...] = ()  # with batching: `nmt translate`'s sentences/s just before and just after
+
+    @property
+    def file_rate(self) -> float:
+        """The file's rate beside the level: the mean of the runs that bracket it (the machine drifts)."""
+        return float(np.mean(self.file_rates)) if self.file_rates else float("nan")
 
     @property
     def sentences_per_second(self) -> float:
@@ -73,7 +79,8 @@ class Level:
                 "seconds": round(self.seconds, 2), "sentences_per_s": round(self.sentences_per_second, 2),
                 **{f"p{q}_ms": round(self.percentile(q), 1) for q in (50, 95, 99)},
                 "sentences_per_search": round(self.sentences_per_search, 2), "searching": round(self.searching, 2),
-                "file_sentences_per_s": None if np.isnan(self.file_rate) else self.file_rate,
+                "file_sentences_per_s": None if np.isnan(self.file_rate) else round(self.file_rate, 2),
+                "file_sentences_per_s_before_after": list(self.file_rates),
                 "first_error": self.first_error}
 
 
@@ -252,6 +259,10 @@ def main() -> int:
         source.write_text("".join(s + "\n" for s in sentences), encoding="utf-8")
         references, file_rate = file_reference(args.checkpoint, source, Path(tmp) / "reference.txt", args.threads)
         print(f"nmt translate: {len(sentences)} sentences, {file_rate:.2f} sentences/s", flush=True)
+
+        def file_again() -> float:
+            return file_reference(args.checkpoint, source, Path(tmp) / "again.txt", args.threads)[1]
+
         levels: list[Level] = []
         for mode in args.modes:
             extra = MODES[mode] or args.serve_args.split()
@@ -260,12 +271,14 @@ def main() -> int:
                 asyncio.run(_run_level(Level(mode, 1), port, sentences[:2], references[:2], 60, 2))  # warm-up
                 for clients in args.levels:
                     level = Level(mode, clients)
-                    if mode == "batching":  # the machine's speed drifts over minutes: the file's rate beside each level
-                        level.file_rate = file_reference(args.checkpoint, source, Path(tmp) / "again.txt",
-                                                         args.threads)[1]
+                    # The machine's speed drifts over minutes: the file runs just before and just after each
+                    # batching level, and the level is compared with their mean.
+                    file_before = file_again() if mode == "batching" else None
                     before = search_totals(port)
                     asyncio.run(_run_level(level, port, sentences, references, args.seconds, args.max_requests))
                     after = search_totals(port)
+                    if file_before is not None:
+                        level.file_rates = (file_before, file_again())
                     level.sentences_per_search = (after[0] - before[0]) / max(after[1] - before[1], 1)
                     level.searching = (after[2] - before[2]) / max(level.seconds, 1e-9)
                     levels.append(level)
