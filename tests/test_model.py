@@ -346,6 +346,8 @@ def test_additive_scores_in_chunks_cut_to_each_chunk_s_length_equal_the_whole_te
         whole = attention.scores(query, attention.prepare(keys), mask)
     positions = mask.unsqueeze(1).expand_as(whole)
     torch.testing.assert_close(chunked[positions], whole.detach()[positions], atol=1e-6, rtol=0)
+    with torch.no_grad():  # no sentence left: no chunk, no buffer
+        assert attention.scores(query[:0], attention.prepare(keys[:0]), mask[:0]).shape == (0, 3, keys.size(1))
 
 
 @pytest.mark.parametrize("lengths", [[], [5], [1, 2, 3, 40, 4], [9, 9, 9, 9, 9, 9, 9], [30, 1, 1, 1, 30, 2]])

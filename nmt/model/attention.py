@@ -72,7 +72,7 @@ class AdditiveAttention(Attention):
         batch, beam, dim = query.shape
         out = query.new_empty(batch, beam, projected.size(1))
         chunks = _chunks(mask.sum(1).tolist(), beam * dim)
-        buffer = query.new_empty(max((end - start) * length for start, end, length in chunks) * beam * dim)
+        buffer = query.new_empty(max(((end - start) * length for start, end, length in chunks), default=0) * beam * dim)
         v = self.v.weight.view(dim, 1).to(query.dtype)
         for start, end, length in chunks:
             hidden = buffer[: (end - start) * beam * length * dim].view(end - start, beam, length, dim)
