@@ -91,15 +91,18 @@ def call(url: str, body: dict | bytes | None = None, headers: dict[str, str] | N
         return Reply(err.code, {k.lower(): v for k, v in err.headers.items()}, err.read())
 
 
-def translate_command(checkpoint: Path, lines: list[str], folder: Path, *options: str) -> list[str]:
-    """What `nmt translate -c CHECKPOINT OPTIONS` writes for `lines`, line by line (run in this process)."""
+def translate_command(checkpoint: Path, lines: list[str], folder: Path, *options: str,
+                      dtype: str = "fp32") -> list[str]:
+    """What `nmt translate -c CHECKPOINT OPTIONS --dtype DTYPE` writes for `lines`, line by line (run in this
+    process). Compare it with a server of the same dtype: `nmt serve`'s default is auto, bf16 on a CPU with
+    native bf16."""
     from nmt.cli import main
 
     folder.mkdir(parents=True, exist_ok=True)
     source, output = folder / "source.txt", folder / "output.txt"
     source.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     assert main(["translate", "-c", str(checkpoint), "-i", str(source), "-o", str(output), "-q",
-                 "--device", "cpu", "--dtype", "fp32", *options]) == 0
+                 "--device", "cpu", "--dtype", dtype, *options]) == 0
     return output.read_text(encoding="utf-8").split("\n")[:-1]
 
 

@@ -132,6 +132,58 @@ def test_padding_never_changes_a_sentence(cell: str, attention: str, bridge: str
             assert torch.allclose(logits[i, :m], model(src_i, len_i, tin_i)[0], atol=1e-5)
 
 
+def encoder_dtypes() -> list:
+    """fp32, and bf16 autocast where the CPU has native bf16 (elsewhere the LSTM runs in fp32 anyway)."""
+    from nmt.precision import cpu_has_fast_bf16
+
+    bf16 = pytest.param(torch.bfloat16, marks=pytest.mark.skipif(not cpu_has_fast_bf16(), reason="no native bf16"))
+    return [torch.float32, bf16]
+
+
+@pytest.mark.parametrize("dtype", encoder_dtypes(), ids=["fp32", "bf16"])
+def test_decoding_encodes_a_sentence_bit_for_bit_the_same_in_any_batch(dtype: torch.dtype):
+    """What makes a service's answer equal `nmt translate`'s line: the encoder, as decoding runs it on a CPU, gives a
+    sentence the same states alone, among others, in another order and among sentences of its own length. (torch's
+    own LSTM hands a batch of one length to oneDNN and any other batch to its step-by-step LSTM, which differ by
+    1e-7 in fp32 and 1e-2 in bf16.)"""
+    model = make_model(enc_layers=2, enc_hidden=32, emb_dim=24).eval()
+    sources = random_sequences(9, seed=31, max_len=11) + [torch.tensor([5, 6, 7, 8]), torch.tensor([9, 8, 7, 6])]
+    src, lengths, _, _ = batch_of(sources, sources)
+
+    def encode(order: list[int]):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            s, n, _, _ = batch_of([sources[i] for i in order], [sources[i] for i in order])
+            return model.encoder(s, n)
+
+    everything = encode(list(range(len(sources))))
+    backwards = encode(list(range(len(sources)))[::-1])
+    same_length = encode([9, 10])
+    assert torch.equal(same_length.states[1], everything.states[10, : int(lengths[10])])
+    for i in range(len(sources)):
+        n = int(lengths[i])
+        alone = encode([i])
+        assert torch.equal(everything.states[i, :n], alone.states[0]), i
+        assert torch.equal(everything.final[i], alone.final[0]), i
+        assert torch.equal(backwards.states[len(sources) - 1 - i, :n], alone.states[0]), i
+        assert not everything.states[i, n:].any()  # padding stays zero
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_decoding_encodes_as_training_does(layers: int):
+    """The decoding encoder (each direction a oneDNN call over 4 sentences at a time, the backward one over each
+    sentence reversed) computes the packed LSTM that training runs, up to rounding: for 1 to 9 sentences, so that
+    some calls are filled up with placeholder rows."""
+    model = make_model(enc_layers=layers, enc_hidden=32, emb_dim=24)
+    for count in (1, 3, 4, 9):
+        src, lengths, _, _ = batch_of(random_sequences(count, seed=count, max_len=13), random_sequences(count, 0))
+        with torch.no_grad():
+            decoding = model.eval().encoder(src, lengths)
+            training = model.train().encoder(src, lengths)  # no dropout in this model: only the path differs
+        torch.testing.assert_close(decoding.states, training.states, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(decoding.final, training.final, atol=1e-5, rtol=1e-5)
+        assert torch.equal(decoding.mask, training.mask)
+
+
 # ----------------------------------------------------------------------------------------------- learning
 
 

@@ -31,10 +31,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def references(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int | None, list[str]]:
-    """`nmt translate`'s line for each POOL sentence: with the checkpoint's beam (key None) and with beam 1."""
+    """`nmt translate`'s line for each POOL sentence: with the checkpoint's beam (key None) and with beam 1, in the
+    dtype `nmt serve` picks by default (bf16 on a CPU with native bf16, where a sentence's states once depended on
+    its batch: `nmt.model.encoder`)."""
     folder = tmp_path_factory.mktemp("references")
-    return {None: translate_command(checkpoint, POOL, folder / "default"),
-            1: translate_command(checkpoint, POOL, folder / "greedy", "--beam", "1")}
+    return {None: translate_command(checkpoint, POOL, folder / "default", dtype="auto"),
+            1: translate_command(checkpoint, POOL, folder / "greedy", "--beam", "1", dtype="auto")}
 
 
 @pytest.fixture(scope="module")
