@@ -33,8 +33,12 @@ def cpu_flags() -> frozenset[str]:
 
 
 def cpu_has_fast_bf16() -> bool:
+    """Native bf16 instructions, and torch's kernels allowed to use them: with `ATEN_CPU_CAPABILITY=avx2` (how an
+    AVX2-only CPU is emulated on a newer one, with oneDNN capped the same way) bf16 is no longer fast, and
+    oneDNN has no bf16 LSTM."""
     flags = cpu_flags()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    capped = torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "NO AVX", "AVX2")
+    return ("avx512_bf16" in flags or "amx_bf16" in flags) and not capped
 
 
 @functools.lru_cache(maxsize=1)
