@@ -82,7 +82,7 @@ class BeamStream(Generic[Tag]):
         src, src_lengths = pad_sources([np.asarray(ids, dtype=np.int64) for ids in sources])
         with torch.inference_mode(), autocast(self.device, self.dtype):
             joining = Ensemble(self.models, src.to(self.device), src_lengths, self.decode.coverage_penalty > 0,
-                               self.stats)
+                               self.stats, weights=None if self.ens is None else self.ens.weights)
             joining.expand(self.k)
             if self.ens is None:
                 self.ens = joining

@@ -133,3 +133,18 @@ def test_the_sentences_are_kept_in_order_of_source_length_as_they_join_and_leave
         stream.step()
         lengths = [s.src_len for s in stream.sentences]
         assert lengths == sorted(lengths)
+
+
+def test_sentences_joining_a_running_stream_reuse_its_cast_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recurrent weights are cast once per stream, not again for every joining (3% of a service's search
+    time): the joiners decode with the running search's weights; an emptied stream casts them afresh."""
+    model = tiny_model(VOCAB, seed=3, **ARCHITECTURES[0])
+    casts = []
+    original = type(model.decoder).step_weights
+    monkeypatch.setattr(type(model.decoder), "step_weights",
+                        lambda decoder, device: casts.append(1) or original(decoder, device))
+    stream = BeamStream([model], DecodeConfig(beam=2, max_len_a=1.0, max_len_b=3), CPU, torch.float32)
+    results = run(stream, [(0, [5, 6]), (1, [7, 8, 9]), (2, [6])])
+    assert len(results) == 3 and len(casts) == 1
+    run(stream, [(0, [5])])
+    assert len(casts) == 2

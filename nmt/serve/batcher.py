@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from nmt.constraints import Target
+from nmt.precision import autocast
 from nmt.search import Hypothesis
 from nmt.serve.settings import BatchLimits
 from nmt.stream import BeamStream
@@ -287,6 +288,13 @@ class Batcher:
 
     def _run_stream(self, worker: int, jobs: list[Job], unanswered: set[Job]) -> None:
         first = jobs[0]
+        translator = first.translator
+        # One autocast context for the stream's life: autocast keeps its casts of the weights until its outermost
+        # context ends, and each step's own context would otherwise cast them all again.
+        with autocast(translator.device, translator.dtype):
+            self._stream_steps(worker, first, jobs, unanswered)
+
+    def _stream_steps(self, worker: int, first: Job, jobs: list[Job], unanswered: set[Job]) -> None:
         translator = first.translator
         stream = translator.stream(first.with_attention)
         flights: list[_InFlight] = []
