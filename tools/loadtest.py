@@ -42,6 +42,16 @@ from pathlib import Path
 import numpy as np
 
 NMT = [sys.executable, "-m", "nmt"]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout whose `nmt` the servers and `nmt translate` run
+
+
+def nmt_env() -> dict[str, str]:
+    """The environment of the servers and of `nmt translate`: they run this checkout's `nmt`. `python -m nmt`
+    puts the working directory first on sys.path, ahead of PYTHONPATH, so a comparison that ran a second
+    checkout's code through PYTHONPATH from the main checkout ran the main checkout's code in both arms (found at
+    2132c5e); PYTHONSAFEPATH (Python 3.11+) leaves the working directory out."""
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONSAFEPATH": "1", "PYTHONPATH": os.pathsep.join(paths)}
 READY = re.compile(r"serving .* on (http://[\d.]+:(\d+))")
 SPEED = re.compile(r"translated (\d+) sentences in ([\d.]+)s: ([\d.]+) sentences/s")
 NO_BATCHING = ["--max-wait-ms", "0", "--max-batch-requests", "1"]
@@ -152,7 +162,7 @@ def start_server(checkpoint: str, threads: int, extra: list[str], log_path: Path
     log = open(log_path, "w")
     process = subprocess.Popen([*NMT, "serve", "-c", checkpoint, "--host", "127.0.0.1", "--port", "0",
                                 "--threads", str(threads), "--no-access-log", "--timeout", "600", *extra],
-                               stdout=subprocess.DEVNULL, stderr=log)
+                               stdout=subprocess.DEVNULL, stderr=log, env=nmt_env())
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         match = READY.search(log_path.read_text())
@@ -177,7 +187,7 @@ def stop_server(process: subprocess.Popen) -> int:
 def file_reference(checkpoint: str, source: Path, output: Path, threads: int) -> tuple[list[str], float]:
     """`nmt translate`'s lines and its sentences/s (its own figure, without loading the model)."""
     result = subprocess.run([*NMT, "translate", "-c", checkpoint, "-i", str(source), "-o", str(output),
-                             "--threads", str(threads)], capture_output=True, text=True, check=True)
+                             "--threads", str(threads)], capture_output=True, text=True, check=True, env=nmt_env())
     speed = SPEED.search(result.stderr)
     if speed is None:
         raise SystemExit(f"no speed line from nmt translate:\n{result.stderr}")
@@ -245,6 +255,7 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
+    sys.path.insert(0, str(ROOT))  # this checkout's nmt here too
     from nmt.errors import NMTError
     from nmt.outputs import atomic_output, check_outputs
     from nmt.precision import cpu_kind
