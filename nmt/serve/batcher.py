@@ -287,14 +287,14 @@ class Batcher:
                 self._live[worker] = 0
 
     def _run_stream(self, worker: int, jobs: list[Job], unanswered: set[Job]) -> None:
-        first = jobs[0]
-        translator = first.translator
+        translator = jobs[0].translator
         # One autocast context for the stream's life: autocast keeps its casts of the weights until its outermost
         # context ends, and each step's own context would otherwise cast them all again.
         with autocast(translator.device, translator.dtype):
-            self._stream_steps(worker, first, jobs, unanswered)
+            self._stream_steps(worker, jobs, unanswered)
 
-    def _stream_steps(self, worker: int, first: Job, jobs: list[Job], unanswered: set[Job]) -> None:
+    def _stream_steps(self, worker: int, jobs: list[Job], unanswered: set[Job]) -> None:
+        first = jobs[0]
         translator = first.translator
         stream = translator.stream(first.with_attention)
         flights: list[_InFlight] = []
