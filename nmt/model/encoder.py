@@ -72,8 +72,9 @@ class Encoder(nn.Module):
 # Sentences per oneDNN LSTM call when decoding on a CPU: every call has this many rows, the last one filled up with
 # one-token rows, since oneDNN's results for a row depend on the number of rows in its call (by up to a bf16
 # rounding step), and on nothing else in it: not its neighbours, its place or the padding after it. At 4 a call
-# costs about what 2 cost, and a sentence 0.33 ms in bf16 against 0.25 in torch's packed LSTM over 64 sentences
-# (0.50 against 0.51 in fp32; demo model, one thread, AVX512-BF16 AMD EPYC).
+# costs about what 2 cost. Against torch's packed LSTM (`tools/encoder_speed.py`, demo model, one thread,
+# AVX512-BF16 AMD EPYC, bf16): 1.12 ms against 0.75 for one sentence, 1.24-1.27 against 3.04-3.34 for two to
+# four, 21.9 against 14.3 for 64 (0.34 ms a sentence against 0.22); in fp32 1.63 / 0.96, 1.71 / 3.32, 32.7 / 28.7.
 ONEDNN_ROWS = 4
 
 
@@ -87,8 +88,9 @@ def _directions_apart(rnn: nn.LSTM, embedded: torch.Tensor,
       whose sentences all have one length (a lone sentence, say) to oneDNN: with bf16 autocast the two differ
       by 1e-2, so a sentence translated alone came out differently from the same sentence in a file (17 of 300
       test2016 sentences on the demo model, AVX512-BF16 CPU), and a service's answer from `nmt translate`'s.
-    - It is faster for few sentences: 1.3 ms against 3.7 for two to four test2016 sentences (demo model, bf16,
-      one thread, AVX512-BF16 AMD EPYC), which is what a service's searches encode as sentences join them.
+    - It is faster for two to four sentences, what a service's searches mostly encode as sentences join them
+      (2.4-2.7x in bf16, AVX512-BF16 CPU: `ONEDNN_ROWS`), and slower for one alone and for a file's large
+      batches, where the encoder is a small part of decoding: `nmt translate` ran 1.5% slower (docs/BENCHMARKS.md).
 
     Returns states (batch, src_len, 2 * hidden), zero on padding, and final (batch, 2 * hidden): the top layer's
     forward state at each sentence's last token and its backward state at the first."""
