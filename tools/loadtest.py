@@ -52,6 +52,8 @@ def nmt_env() -> dict[str, str]:
     2132c5e); PYTHONSAFEPATH (Python 3.11+) leaves the working directory out."""
     paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {**os.environ, "PYTHONSAFEPATH": "1", "PYTHONPATH": os.pathsep.join(paths)}
+
+
 READY = re.compile(r"serving .* on (http://[\d.]+:(\d+))")
 SPEED = re.compile(r"translated (\d+) sentences in ([\d.]+)s: ([\d.]+) sentences/s")
 NO_BATCHING = ["--max-wait-ms", "0", "--max-batch-requests", "1"]
