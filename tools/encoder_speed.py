@@ -8,8 +8,9 @@ sentence counts, and how many sentences translate differently alone than inside 
 Why: `nmt.model.encoder` runs decoding's encoder as oneDNN calls of a fixed number of sentences, so that a
 sentence's states do not depend on its batch; torch's own LSTM (`Encoder._packed`, what training runs) hands a
 batch of one length to oneDNN and any other to its step-by-step code. The timings are on one thread, the encoder
-alone, on the first N test2016 sentences; `--alone N` translates each of the first N sentences alone (one thread)
-and compares it with the whole file's translation (`--threads` threads).
+alone, on the first N test2016 sentences. `--alone N` compares each of the first N sentences' encoder states
+alone and in length-sorted batches, for both paths, then translates each alone (one thread) and compares it with
+the whole file's translation (`--threads` threads).
 """
 
 from __future__ import annotations
@@ -69,22 +70,41 @@ def main() -> int:
         print(f"{count:>9} {ours:>10.2f} {packed:>10.2f} {packed / ours:>15.2f}x")
 
     if args.alone:
-        alone_against_file(translator, lines, args.alone, args.threads, "oneDNN encoder (decoding's)")
-        # torch's own LSTM as decoding ran it before: the packed path, which torch sends to oneDNN for a batch of
-        # one length only
-        encoder_module._directions_apart = lambda rnn, embedded, lengths: encoder._packed(embedded, lengths)
-        alone_against_file(translator, lines, args.alone, args.threads, "torch's packed LSTM")
+        states_alone_against_batches(translator, ids[: args.alone])
+        alone_against_file(translator, lines, args.alone, args.threads)
     return 0
 
 
-def alone_against_file(translator: nmt.Translator, lines: list[str], count: int, threads: int, name: str) -> None:
+def states_alone_against_batches(translator: nmt.Translator, ids: list, batch: int = 64) -> None:
+    """Sentences whose encoder states alone differ from theirs in length-sorted batches: decoding's encoder
+    against torch's packed LSTM (what decoding ran before, and training runs)."""
+    encoder = translator.models[0].encoder
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    differ = {"oneDNN encoder (decoding's)": 0, "torch's packed LSTM": 0}
+    torch.set_num_threads(1)
+    with torch.inference_mode(), autocast(translator.device, translator.dtype):
+        for start in range(0, len(order), batch):
+            group = order[start:start + batch]
+            src, lengths = pad_sources([np.asarray(ids[i], dtype=np.int64) for i in group])
+            embedded = encoder.embedding(src) * encoder.emb_scale
+            for name, run in (("oneDNN encoder (decoding's)", lambda e, n: encoder_module._directions_apart(
+                    encoder.rnn, e, n)), ("torch's packed LSTM", encoder._packed)):
+                together = run(embedded, lengths)[0]
+                for row, length in enumerate(lengths.tolist()):
+                    alone = run(embedded[row:row + 1, :length], lengths[row:row + 1])[0]
+                    differ[name] += not torch.equal(alone[0], together[row, :length])
+    for name, count in differ.items():
+        print(f"{name}: {count} of {len(ids)} sentences get other encoder states alone than in batches of {batch}")
+
+
+def alone_against_file(translator: nmt.Translator, lines: list[str], count: int, threads: int) -> None:
     """Not a speed comparison (`nmt translate` is, run alternately from two checkouts): the first file warms up."""
     torch.set_num_threads(threads)
     whole = [hyps[0].text for hyps in translator.translate_lines(lines)]
     torch.set_num_threads(1)
     differ = [i for i in range(count) if translator.translate_lines([lines[i]])[0][0].text != whole[i]]
-    print(f"{name}: of the first {count} sentences, {len(differ)} translate differently alone than in the file "
-          f"({len(lines)} sentences, {threads} threads) {differ[:10]}")
+    print(f"translations: of the first {count} sentences, {len(differ)} translate differently alone than in the "
+          f"file ({len(lines)} sentences, {threads} threads) {differ[:10]}")
 
 
 if __name__ == "__main__":
